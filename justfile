@@ -1,0 +1,95 @@
+# agented: `just --list` shows every recipe.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Tools from tools/bootstrap come first, so `.venv/bin/just <recipe>` works without activating anything.
+export PATH := justfile_directory() / ".venv/bin" + ":" + env("PATH")
+
+backend := justfile_directory() / "backend"
+
+# List the recipes.
+default:
+    @just --list
+
+# Run the backend under Gunicorn (gevent workers) in the background, from backend/.
+deploy: kill ensure-backend
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd "{{ backend }}"
+    nohup uv run --frozen gunicorn -c gunicorn.conf.py >> gunicorn.log 2>&1 &
+    bind=$(uv run --frozen python app/settings.py get GUNICORN_BIND)
+    port=${bind##*:}
+    for _ in $(seq 100); do
+      if curl -fsS "http://127.0.0.1:${port}/health/readiness" > /dev/null 2>&1; then
+        echo "agented backend listening on ${bind} (readiness: http://127.0.0.1:${port}/health/readiness)"
+        echo "log: backend/gunicorn.log, stop: just kill"
+        exit 0
+      fi
+      sleep 0.1
+    done
+    echo "the backend did not become ready within 10 s; last lines of backend/gunicorn.log:" >&2
+    tail -n 20 gunicorn.log >&2
+    exit 1
+
+# Run Flask's debug server with the reloader.
+dev-backend: ensure-backend
+    cd "{{ backend }}" && uv run --frozen python run.py --debug
+
+# Stop the Gunicorn that `just deploy` started (gracefully, then by force after 15 s).
+kill:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    pattern="{{ backend }}/.venv/bin/gunicorn"
+    pkill -TERM -f "$pattern" || exit 0
+    for _ in $(seq 150); do pgrep -f "$pattern" > /dev/null || exit 0; sleep 0.1; done
+    pkill -KILL -f "$pattern" || true
+
+# Install the backend's dependencies and create backend/.env (with a new SECRET_KEY) unless it exists.
+ensure-backend:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd "{{ backend }}"
+    uv sync --frozen
+    if [ ! -e .env ]; then
+      umask 077
+      key=$(uv run --frozen python -c 'import secrets; print(secrets.token_urlsafe(48))')
+      sed "s|^# SECRET_KEY=.*|SECRET_KEY=${key}|" .env.example > .env
+      echo "created backend/.env from .env.example with a new SECRET_KEY"
+    fi
+
+# Deploy with playbooks/site.yml to an inventory, e.g. `just provision inventory/hosts.yml --ask-vault-pass`.
+provision inventory *args:
+    ansible-playbook -i "{{ inventory }}" playbooks/site.yml {{ args }}
+
+# Switch the hosts of an inventory back to their previous release.
+rollback inventory *args:
+    ansible-playbook -i "{{ inventory }}" playbooks/rollback.yml {{ args }}
+
+# ansible-lint (production profile), playbook syntax, and the backend's linter.
+lint:
+    ansible-lint --profile production
+    for playbook in playbooks/*.yml; do ansible-playbook --syntax-check -i inventory/hosts.example.yml "$playbook"; done
+    cd "{{ backend }}" && uv run --frozen ruff check . && uv run --frozen ruff format --check .
+
+# The backend's tests.
+test-backend:
+    cd "{{ backend }}" && uv run --frozen pytest
+
+# The repository's own tests: reference configs in deploy/, role plugins, documentation tables.
+test-repo:
+    pytest tests
+
+# Build the Debian test images that molecule's hosts run (only the missing ones).
+images:
+    molecule/images/build bookworm trixie
+
+# Converge, check idempotence and verify on real systemd hosts (Debian 12 and 13 containers).
+molecule: images
+    molecule test
+
+# Everything: backend tests, lint, repository tests, molecule.
+test: test-backend lint test-repo molecule
+
+# Render deploy/ from the role's templates with the default variables.
+reference:
+    ansible-playbook playbooks/reference.yml
