@@ -1,0 +1,60 @@
+"""deploy/ holds the role's own templates rendered with the default variables, never a hand-edited copy."""
+
+import plistlib
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+REFERENCE_FILES = ["agented.service", "agented.socket", "com.agented.backend.plist"]
+
+
+@pytest.fixture(scope="module")
+def fresh_rendering(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("deploy")
+    subprocess.run(
+        ["ansible-playbook", "playbooks/reference.yml", "-e", f"agented_backend_reference_dest={dest}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return dest
+
+
+@pytest.mark.parametrize("name", REFERENCE_FILES)
+def test_deploy_matches_a_fresh_rendering_of_the_role_templates(fresh_rendering, name):
+    committed = (ROOT / "deploy" / name).read_text()
+    assert committed == (fresh_rendering / name).read_text(), f"deploy/{name} is stale: run `just reference`"
+
+
+def test_reference_unit_uses_the_documented_paths_and_restart_policy():
+    unit = (ROOT / "deploy" / "agented.service").read_text()
+    for line in [
+        "Type=notify",
+        "User=agented",
+        "Group=agented",
+        "WorkingDirectory=/opt/agented/backend/current",
+        "ExecStart=/opt/agented/backend/current/.venv/bin/gunicorn -c gunicorn.conf.py",
+        "ExecReload=/bin/kill -s HUP $MAINPID",
+        "Restart=on-failure",
+        "RestartForceExitStatus=0",
+        "RestartSec=3",
+        "KillMode=mixed",
+        "TimeoutStopSec=30",
+    ]:
+        assert line in unit.splitlines(), line
+    assert "EnvironmentFile" not in unit
+
+
+def test_reference_plist_parses_and_keeps_gunicorn_supervised():
+    plist = plistlib.loads((ROOT / "deploy" / "com.agented.backend.plist").read_bytes())
+    assert plist["Label"] == "com.agented.backend"
+    assert plist["ProgramArguments"] == ["/opt/agented/backend/current/.venv/bin/gunicorn", "-c", "gunicorn.conf.py"]
+    assert plist["WorkingDirectory"] == "/opt/agented/backend/current"
+    assert plist["UserName"] == "agented"
+    assert plist["KeepAlive"] is True and plist["RunAtLoad"] is True
+    assert plist["ThrottleInterval"] <= 5
+    assert plist["ExitTimeOut"] > 10
+    assert plist["EnvironmentVariables"] == {"OBJC_DISABLE_INITIALIZE_FORK_SAFETY": "YES"}
+    assert plist["StandardErrorPath"].startswith("/usr/local/var/log/agented/")

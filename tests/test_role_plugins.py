@@ -1,0 +1,107 @@
+"""The role's controller-side plugins, run against the real backend/ of this repository."""
+
+import pytest
+from agented_backend import (
+    agented_backend_dotenv_quote,
+    agented_backend_dotenv_read,
+    agented_backend_env_errors,
+    agented_backend_env_values,
+    agented_backend_listen,
+    agented_backend_settings,
+)
+from agented_backend_release import release
+from ansible.errors import AnsibleFilterError, AnsibleLookupError
+from dotenv import dotenv_values
+
+from conftest import BACKEND
+
+SRC = str(BACKEND)
+
+
+def test_settings_come_from_env_example():
+    names = [s["name"] for s in agented_backend_settings(SRC)]
+    example = (BACKEND / ".env.example").read_text()
+    assert names and all(f"# {name}=" in example for name in names)
+    assert {"SECRET_KEY", "GITHUB_WEBHOOK_SECRET", "ANTHROPIC_API_KEY"} <= {
+        s["name"] for s in agented_backend_settings(SRC) if s["secret"]
+    }
+
+
+def test_valid_env_has_no_errors():
+    env = {"LOG_LEVEL": "warning", "SSE_REPLAY_LIMIT": 10, "CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS": True}
+    assert agented_backend_env_errors(env, SRC) == []
+
+
+def test_undocumented_key_is_named_with_the_closest_documented_one():
+    (error,) = agented_backend_env_errors({"LOG_LEVL": "info"}, SRC)
+    assert "LOG_LEVL" in error and "did you mean LOG_LEVEL?" in error
+
+
+def test_bad_value_is_named_with_what_is_allowed():
+    (error,) = agented_backend_env_errors({"LOG_LEVEL": "loud"}, SRC)
+    assert "LOG_LEVEL" in error and "loud" in error and "warning" in error
+
+
+def test_newline_is_refused():
+    (error,) = agented_backend_env_errors({"ANTHROPIC_API_BASE": "https://a\nb"}, SRC)
+    assert "ANTHROPIC_API_BASE" in error and "newline" in error
+
+
+def test_errors_never_show_a_secret_value():
+    secret = "hunter2-very-secret\nsecond line"
+    errors = agented_backend_env_errors({"GITHUB_WEBHOOK_SECRET": secret, "SECRET_KEY": ["not", "text"]}, SRC)
+    assert len(errors) == 2
+    assert not any("hunter2" in error or "not" in error.split(":")[-1] for error in errors)
+
+
+def test_values_layer_defaults_role_values_and_user_values():
+    values = agented_backend_env_values({"LOG_LEVEL": "debug"}, SRC, {"AGENTED_DB_PATH": "/var/lib/x.db"})
+    assert values["LOG_LEVEL"] == "debug"
+    assert values["AGENTED_DB_PATH"] == "/var/lib/x.db"
+    assert values["GUNICORN_BIND"] == "0.0.0.0:20000"
+    assert values["SECRET_KEY"] is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["plain", "with spaces", "hash # here", "#start", "quotes ' and \"", "dollar $HOME ${HOME}", "a=b=c", "back\\slash\\'", ""],
+)
+def test_quoting_reaches_python_dotenv_exactly(tmp_path, value):
+    env = tmp_path / ".env"
+    env.write_text(f"X={agented_backend_dotenv_quote(value, SRC)}\n")
+    assert dotenv_values(env)["X"] == value
+    assert agented_backend_dotenv_read(env.read_text(), "X", SRC) == (value or None)
+
+
+def test_listen_address_and_probe_url():
+    assert agented_backend_listen("0.0.0.0:20000") == {
+        "listen": "0.0.0.0:20000", "url": "http://127.0.0.1:20000", "port": 20000,
+    }
+    assert agented_backend_listen("[::]:8080")["url"] == "http://[::1]:8080"
+    with pytest.raises(AnsibleFilterError, match="GUNICORN_BIND"):
+        agented_backend_listen("unix:/run/agented.sock")
+
+
+def make_backend(path):
+    for name in ("pyproject.toml", "uv.lock", "gunicorn.conf.py", ".env.example"):
+        (path / name).write_text(name)
+    for name in ("app/__init__.py", "app/__pycache__/x.pyc", ".venv/bin/python", "tests/test_x.py", ".env", "agented.db"):
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(name)
+    return path
+
+
+def test_release_ships_source_only_and_its_id_follows_the_content(tmp_path):
+    backend = make_backend(tmp_path)
+    first = release(str(backend))
+    assert sorted(first["files"]) == [".env.example", "app/__init__.py", "gunicorn.conf.py", "pyproject.toml", "uv.lock"]
+    assert first["dirs"] == ["app"]
+    (backend / ".venv/bin/python").write_text("changed")
+    assert release(str(backend))["id"] == first["id"]
+    (backend / "uv.lock").write_text("changed")
+    assert release(str(backend))["id"] != first["id"]
+
+
+def test_release_refuses_a_directory_that_is_not_a_backend(tmp_path):
+    with pytest.raises(AnsibleLookupError, match="uv.lock"):
+        release(str(tmp_path))
