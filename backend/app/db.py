@@ -1,0 +1,154 @@
+"""SQLite storage.
+
+One short-lived connection per request (on ``g``, closed on teardown), WAL mode so readers
+never wait for the writer, and a busy timeout so several Gunicorn workers can write to the
+same file. Every sqlite3 call blocks the whole gevent worker, so transactions stay short
+and writers take the lock up front (BEGIN IMMEDIATE) instead of upgrading a read lock, which
+cannot be retried.
+
+The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS[n]`` brings a database
+from version n to n + 1. Every worker runs :func:`migrate` at start; the first one applies
+what is missing inside BEGIN IMMEDIATE, the others wait for it and find nothing to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+
+from flask import Flask, current_app, g
+
+# How long a connection waits for another one's write lock before failing. Writes take
+# milliseconds, so reaching this means something is badly wrong.
+BUSY_TIMEOUT_SECS = 5.0
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: deliveries, the executions they start, and the event stream.
+    (
+        """CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            guid TEXT NOT NULL UNIQUE,        -- X-GitHub-Delivery
+            event TEXT NOT NULL,              -- X-GitHub-Event
+            action TEXT,
+            repository TEXT,
+            payload BLOB NOT NULL,            -- the body exactly as signed
+            received_at REAL NOT NULL
+        )""",
+        """CREATE TABLE executions (
+            id INTEGER PRIMARY KEY,
+            delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+            source TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('running', 'succeeded', 'failed', 'stale')),
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX executions_by_status ON executions (status, updated_at)",
+        # AUTOINCREMENT: an id is never reused, even after old events are pruned, so it can
+        # serve as the SSE event id that clients send back in Last-Event-ID.
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            type TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+    ),
+    # 2: conversations (an issue, pull request or discussion that deliveries refer to).
+    (
+        """CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,         -- owner/repo#number
+            repository TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('active', 'stale')),
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX conversations_by_status ON conversations (status, updated_at)",
+        "ALTER TABLE executions ADD COLUMN conversation_id INTEGER REFERENCES conversations (id)",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection in autocommit mode: transactions are explicit (see :func:`transaction`)."""
+    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECS, isolation_level=None)
+    connection.row_factory = sqlite3.Row
+    connection.execute("PRAGMA foreign_keys = ON")
+    return connection
+
+
+@contextlib.contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that holds the write lock from its first statement."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    return connection.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(path: str) -> int:
+    """Create the database (and its directory) if needed, switch it to WAL and apply the
+    missing migrations. Returns the schema version found or reached; a database newer than
+    this code is left alone (the caller reports it as not ready)."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    connection = connect(path)
+    try:
+        # Persistent: stored in the file, so this only does work the first time.
+        connection.execute("PRAGMA journal_mode = WAL")
+        with transaction(connection):
+            version = schema_version(connection)
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    connection.execute(statement)
+            if version < SCHEMA_VERSION:
+                # PRAGMA takes no parameters; the value is our own integer.
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+                version = SCHEMA_VERSION
+        return version
+    finally:
+        connection.close()
+
+
+def now() -> float:
+    return time.time()
+
+
+def get_db() -> sqlite3.Connection:
+    """The current request's connection, opened on first use."""
+    if "db" not in g:
+        g.db = connect(current_app.config["AGENTED_DB_PATH"])
+    return g.db
+
+
+def close_db(_error: BaseException | None = None) -> None:
+    connection = g.pop("db", None)
+    if connection is not None:
+        connection.close()
+
+
+def init_app(app: Flask) -> None:
+    """Apply migrations now and close each request's connection at teardown.
+
+    A database that cannot be opened does not stop the process: readiness answers 503 with
+    the reason and retries, so the service recovers once, say, its volume is mounted.
+    """
+    app.teardown_appcontext(close_db)
+    try:
+        migrate(app.config["AGENTED_DB_PATH"])
+    except (sqlite3.Error, OSError) as error:
+        app.logger.error("database %s unavailable: %s", app.config["AGENTED_DB_PATH"], error)

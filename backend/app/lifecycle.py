@@ -1,0 +1,41 @@
+"""Whether this process is shutting down.
+
+Under Gunicorn, the ``post_worker_init`` hook in gunicorn.conf.py attaches the worker's
+``alive`` flag, which turns false on SIGTERM, SIGQUIT, SIGINT, a reload (SIGHUP to the
+master) or when the master dies. Long responses (event streams) watch it and end at once,
+so a stopping worker exits in about a second instead of holding the graceful timeout;
+clients reconnect to a live worker and resume with Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Flask, current_app
+
+EXTENSION = "agented_lifecycle"
+
+
+def _always_alive() -> bool:
+    return True
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self._alive: Callable[[], bool] = _always_alive
+
+    def attach(self, alive: Callable[[], bool]) -> None:
+        """Use ``alive()`` to learn whether the process still serves (e.g. lambda: worker.alive)."""
+        self._alive = alive
+
+    @property
+    def stopping(self) -> bool:
+        return not self._alive()
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[EXTENSION] = Lifecycle()
+
+
+def get(app: Flask | None = None) -> Lifecycle:
+    return (app or current_app).extensions[EXTENSION]
