@@ -1,0 +1,79 @@
+"""Periodic housekeeping in every process: marks stale executions and conversations.
+
+Started by the first request a process serves rather than at import, so that processes
+which never serve (the reloader's parent in ``run.py --debug``, test apps) run nothing.
+Under the gevent worker the thread is a greenlet.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+
+from flask import Flask
+
+from . import db, events, lifecycle
+from .executions import mark_stale
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "agented_jobs"
+_start_lock = threading.Lock()
+# Longest pause between two sweeps; shorter when a threshold is short.
+MAX_INTERVAL_SECS = 60.0
+
+
+def interval(app: Flask) -> float:
+    shortest = min(
+        app.config["STALE_EXECUTION_THRESHOLD_SECS"],
+        app.config["STALE_CONVERSATION_THRESHOLD_SECS"],
+    )
+    return min(MAX_INTERVAL_SECS, max(1.0, shortest / 10))
+
+
+def sweep(app: Flask) -> int:
+    connection = db.connect(app.config["AGENTED_DB_PATH"])
+    try:
+        changed = mark_stale(
+            connection,
+            app.config["STALE_EXECUTION_THRESHOLD_SECS"],
+            app.config["STALE_CONVERSATION_THRESHOLD_SECS"],
+            keep_events=app.config["SSE_REPLAY_LIMIT"],
+        )
+    finally:
+        connection.close()
+    if changed:
+        events.notify(app)
+    return changed
+
+
+def _run(app: Flask, stop: threading.Event) -> None:
+    state = lifecycle.get(app)
+    pause = interval(app)
+    while not state.stopping:
+        try:
+            sweep(app)
+        except (sqlite3.Error, OSError) as error:
+            log.warning("marking stale executions failed: %s", error)
+        if stop.wait(pause):
+            return
+
+
+def start(app: Flask) -> None:
+    """Start the housekeeping thread once per app (idempotent)."""
+    with _start_lock:
+        if app.extensions.get(EXTENSION) is not None:
+            return
+        stop = threading.Event()
+        app.extensions[EXTENSION] = stop
+    threading.Thread(target=_run, args=(app, stop), name="housekeeping", daemon=True).start()
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[EXTENSION] = None
+
+    @app.before_request
+    def start_housekeeping() -> None:
+        if app.config["BACKGROUND_JOBS"] and app.extensions[EXTENSION] is None:
+            start(app)
