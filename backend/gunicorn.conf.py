@@ -1,0 +1,168 @@
+"""Gunicorn configuration of the agented backend.
+
+    gunicorn -c gunicorn.conf.py
+
+Every value comes from app/settings.py: the process environment, then backend/.env, then the
+declared default (see .env.example). An invalid value stops Gunicorn at start with one line
+naming the variable, the value and what is allowed, and a non-zero exit status.
+
+This file loads app/settings.py by path under another module name and never imports the
+``app`` package, and the app is not preloaded: the master holds no application code, so every
+worker imports the app fresh after fork, and a reload (SIGHUP) brings new workers with the
+current code and configuration.
+
+Under systemd socket activation (LISTEN_FDS) Gunicorn serves the inherited socket and ignores
+``bind``. Never set Gunicorn's own user/group here: the service manager switches user.
+"""
+
+import ctypes
+import importlib.util
+import os
+import signal
+import sys
+
+_BACKEND_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_settings_module():
+    path = os.path.join(_BACKEND_DIR, "app", "settings.py")
+    spec = importlib.util.spec_from_file_location("agented_settings", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_settings = _load_settings_module()
+try:
+    _config = _settings.load()
+except _settings.SettingsError as _error:
+    # Gunicorn prints a traceback for an Exception raised here but lets SystemExit through:
+    # Python prints the message as one line on stderr and exits with status 1.
+    raise SystemExit(f"agented: invalid configuration: {_error}") from None
+
+
+#
+# Server socket
+#
+
+bind = [_config["GUNICORN_BIND"]]
+
+#
+# Worker processes
+#
+# gevent: one greenlet per connection, so a worker holds thousands of idle event streams.
+# graceful_timeout stays short and below systemd's TimeoutStopSec: event streams end as soon
+# as a worker starts to stop (see post_worker_init), so only ordinary requests use it.
+
+workers = _config["GUNICORN_WORKERS"]
+worker_class = "gevent"
+worker_connections = _config["GUNICORN_WORKER_CONNECTIONS"]
+timeout = _config["GUNICORN_TIMEOUT"]
+graceful_timeout = _config["GUNICORN_GRACEFUL_TIMEOUT"]
+keepalive = _config["GUNICORN_KEEPALIVE"]
+
+#
+# Server mechanics
+#
+
+wsgi_app = "app:create_app()"
+# Not the resolved path: with a `current` symlink to the release, a reload follows the link.
+chdir = _BACKEND_DIR
+# Off on purpose: workers import the app after fork, so a reload picks up new code.
+preload_app = False
+proc_name = "agented"
+
+if _config["GUNICORN_CONTROL_SOCKET"] == "off":
+    control_socket_disable = True
+elif _config["GUNICORN_CONTROL_SOCKET"]:
+    control_socket = _config["GUNICORN_CONTROL_SOCKET"]
+# else: Gunicorn's default, $XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl
+
+#
+# Logging
+#
+
+loglevel = _config["LOG_LEVEL"]
+accesslog = "-"  # stdout
+errorlog = "-"  # stderr
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
+
+#
+# Server hooks
+#
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# The largest request body the app accepts (a webhook delivery).
+_MAX_BODY_BYTES = _config["GITHUB_WEBHOOK_MAX_BYTES"]
+_EVENT_STREAM_PATH = "/api/events"
+
+
+def on_starting(server):
+    """Make room for GUNICORN_WORKER_CONNECTIONS open sockets per worker."""
+    try:
+        import resource  # noqa: PLC0415 -- not on every platform
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = worker_connections + 256  # plus listeners, database files, logs
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as error:
+        server.log.warning("cannot raise the open files limit to %d: %s", target, error)
+        return
+    if target < needed:
+        server.log.warning(
+            "open files limit %d (hard) is below GUNICORN_WORKER_CONNECTIONS=%d plus margin",
+            target,
+            worker_connections,
+        )
+
+
+def post_fork(server, worker):
+    """On Linux, have the kernel send this worker SIGTERM the instant the master dies.
+
+    Orphaned workers then start their graceful shutdown at once: event streams end and the
+    worker leaves, so the service manager, which waits for every process of the service to
+    exit before it restarts it, is not held up by workers that only notice the dead master at
+    their next heartbeat.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        server.log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != server.pid:
+        sys.exit(0)  # the master died before prctl took effect: no signal will come
+
+
+def post_worker_init(worker):
+    """Tell the app when this worker stops (worker.alive turns false) so that its event
+    streams end at once; clients resume on a live worker with Last-Event-ID."""
+    extensions = getattr(worker.wsgi, "extensions", {})
+    lifecycle = extensions.get("agented_lifecycle")
+    if lifecycle is not None:
+        lifecycle.attach(lambda: worker.alive)
+
+
+def pre_request(worker, req):
+    """Close the connection after the response, instead of keeping it alive, for:
+
+    - an event stream: when it ends (the worker stops), the client reconnects on a new
+      connection, which reaches a live worker, and the stopping one is not kept waiting;
+    - a body larger than the app accepts, or of unknown length (chunked): the app answers
+      413 without reading it, and Gunicorn would otherwise read the rest to reuse the
+      connection.
+    """
+    if req.path == _EVENT_STREAM_PATH:
+        req.force_close()
+        return
+    for name, value in req.headers:
+        if name == "TRANSFER-ENCODING" or (
+            name == "CONTENT-LENGTH" and value.isdigit() and int(value) > _MAX_BODY_BYTES
+        ):
+            req.force_close()
+            return
