@@ -1,0 +1,70 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+
+from helpers import BACKEND_DIR
+
+from app import create_app, db, lifecycle
+
+
+def pyproject_version() -> str:
+    with open(BACKEND_DIR / "pyproject.toml", "rb") as stream:
+        return tomllib.load(stream)["project"]["version"]
+
+
+def test_liveness(client):
+    response = client.get("/health/liveness")
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "ok",
+        "pid": os.getpid(),
+        "version": pyproject_version(),
+    }
+
+
+def test_readiness(client):
+    response = client.get("/health/readiness")
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ready"
+    assert response.get_json()["schema_version"] == db.SCHEMA_VERSION
+
+
+def test_not_ready_when_the_schema_is_newer_than_the_code(app, client):
+    connection = db.connect(app.config["AGENTED_DB_PATH"])
+    connection.execute("PRAGMA user_version = 99")
+    connection.close()
+    response = client.get("/health/readiness")
+    assert response.status_code == 503
+    assert "schema version 99 is newer" in response.get_json()["reason"]
+
+
+def test_not_ready_while_the_database_is_unreachable_then_ready(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "k",
+            "BACKGROUND_JOBS": False,
+            "AGENTED_DB_PATH": str(blocker / "agented.db"),
+        }
+    )  # starts anyway: the database may become available later
+    client = app.test_client()
+    response = client.get("/health/readiness")
+    assert response.status_code == 503
+    assert "unavailable" in response.get_json()["reason"]
+    assert client.get("/health/liveness").status_code == 200
+
+    blocker.unlink()  # the "volume" appears: readiness migrates and recovers
+    response = client.get("/health/readiness")
+    assert response.status_code == 200, response.get_json()
+
+
+def test_not_ready_when_shutting_down(app, client):
+    lifecycle.get(app).attach(lambda: False)
+    response = client.get("/health/readiness")
+    assert response.status_code == 503
+    assert response.get_json()["reason"] == "shutting down"
