@@ -1,0 +1,256 @@
+"""Shared helpers of the testinfra suite: host layout, probes, ansible-playbook runs, figures.
+
+The suite runs in molecule's verify step (molecule exports MOLECULE_INVENTORY_FILE,
+ANSIBLE_CONFIG, MOLECULE_PROJECT_DIRECTORY, ... and passes --connection=ansible and
+--ansible-inventory). Tests that run ansible-playbook use the same inventory, so they target
+exactly the converged hosts with the group variables in ../group_vars/.
+
+Measured figures (restart seconds, exposure scores, ...) are printed when measured and again in
+a table at the end of the run, so a CI log shows them.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import concurrent.futures
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+SCENARIO_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", SCENARIO_DIR.parents[1]))
+GROUP_VARS = yaml.safe_load((SCENARIO_DIR / "group_vars" / "agented.yml").read_text())
+
+# The host layout the role produces with its defaults (README, "Host layout").
+SERVICE = "agented.service"
+SOCKET = "agented.socket"
+USER = GROUP = "agented"
+INSTALL_DIR = "/opt/agented/backend"
+RELEASES_DIR = f"{INSTALL_DIR}/releases"
+CURRENT = f"{INSTALL_DIR}/current"
+VENV = f"{CURRENT}/.venv"
+CONFIG_DIR = "/etc/agented"
+ENV_FILE = f"{CONFIG_DIR}/agented.env"
+STATE_DIR = "/var/lib/agented"
+DATABASE = f"{STATE_DIR}/agented.db"
+SECRET_KEY_FILE = f"{STATE_DIR}/.secret_key"
+PORT = 20000
+URL = f"http://127.0.0.1:{PORT}"
+RESTART_PROMISE = 5.0  # seconds from a crash to serving again
+
+_PROBE = (Path(__file__).parent / "probe.py").read_bytes()
+_FIGURES: dict[str, dict[str, str]] = collections.defaultdict(dict)
+
+
+# --- the backend's declaration of its settings ----------------------------------------------
+
+def _load_settings():
+    path = PROJECT_DIR / "backend" / "app" / "settings.py"
+    spec = importlib.util.spec_from_file_location("agented_settings_for_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)  # standard library only at import time, by contract
+    return module
+
+
+SETTINGS = _load_settings()
+DOCUMENTED = [setting.name for setting in SETTINGS.SETTINGS]
+SECRETS = {setting.name for setting in SETTINGS.SETTINGS if setting.secret}
+
+
+def webhook_secret() -> str:
+    return GROUP_VARS["agented_backend_env"]["GITHUB_WEBHOOK_SECRET"]
+
+
+# --- hosts ------------------------------------------------------------------------------------
+
+def name_of(host) -> str:
+    """The inventory name of a testinfra host, which is also its molecule instance (container)."""
+    return host.backend.get_hostname()
+
+
+@pytest.fixture(scope="session")
+def all_hosts(request) -> dict:
+    """Every host of the inventory, for steps that act on all of them at once."""
+    option = request.config.option
+    hosts = testinfra.get_hosts(
+        [None],
+        connection=option.connection,
+        ansible_inventory=option.ansible_inventory,
+        force_ansible=option.force_ansible,
+    )
+    return {name_of(host): host for host in hosts}
+
+
+def on_all(hosts: dict, action) -> dict:
+    """action(host) on every host at once (each in its own thread): {name: result}."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        futures = {name: pool.submit(action, host) for name, host in hosts.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def sh(host, command: str, *, check: bool = True) -> str:
+    result = host.run(command)
+    if check:
+        assert result.rc == 0, f"{command!r} failed ({result.rc}): {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def probe(host, *args: str, user: str | None = None, env: dict | None = None) -> dict:
+    """Run probe.py on the host and return what it printed (one JSON object)."""
+    code = "import base64; exec(base64.b64decode(%r))" % base64.b64encode(_PROBE).decode()
+    variables = {"AGENTED_URL": URL, "AGENTED_DB": DATABASE, **(env or {})}
+    command = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in variables.items())
+    command += " python3 -c " + shlex.quote(code) + " " + " ".join(shlex.quote(a) for a in args)
+    if user:
+        command = f"runuser -u {user} -- {command}"
+    result = host.run(command)
+    assert result.rc == 0, f"probe {args} failed: {result.stdout}{result.stderr}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def show(host, unit: str, *properties: str) -> dict[str, str]:
+    """Unit properties as systemd reports them (systemctl show), not as a file says."""
+    out = sh(host, f"systemctl show {unit} --property={','.join(properties)}")
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+_SPAN_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def seconds(span: str) -> float:
+    """systemd's time span ("3s", "1min 30s", "2s 500ms", "infinity") in seconds."""
+    if span == "infinity":
+        return float("inf")
+    total = 0.0
+    for number, unit in re.findall(r"([\d.]+)\s*([a-z]+)", span):
+        total += float(number) * _SPAN_UNITS[unit]
+    return total
+
+
+def ready(host) -> bool:
+    return probe(host, "wait-ready", "0.5")["ready"]
+
+
+def wait_ready(host, timeout: float = 60.0) -> dict:
+    return probe(host, "wait-ready", str(timeout))
+
+
+def file_digest(host, path: str) -> str:
+    return sh(host, f"sha256sum {path}").split()[0]
+
+
+def read_env(host) -> dict[str, str]:
+    """The host's .env as python-dotenv would parse it, using the release's own python-dotenv."""
+    code = "import json, dotenv; print(json.dumps(dotenv.dotenv_values(%r)))" % ENV_FILE
+    return json.loads(sh(host, f"{VENV}/bin/python -c {shlex.quote(code)}"))
+
+
+def effective_secret_key(host) -> str:
+    """SECRET_KEY from .env, else the generated key file the service falls back to."""
+    key = read_env(host).get("SECRET_KEY") or ""
+    if not key and host.file(SECRET_KEY_FILE).exists:
+        key = sh(host, f"cat {SECRET_KEY_FILE}").strip()
+    return key
+
+
+def current_release(host) -> str:
+    return sh(host, f"readlink -f {CURRENT}").strip()
+
+
+def stored(host, *deliveries: str) -> dict:
+    return probe(host, "stored", *deliveries, user=USER)
+
+
+def post_webhook(host, delivery: str, secret: str | None = None) -> dict:
+    return probe(host, "webhook", delivery, env={"WEBHOOK_SECRET": secret or webhook_secret()})
+
+
+# --- ansible-playbook against the converged hosts ---------------------------------------------
+
+class PlaybookRun:
+    def __init__(self, command: list[str], completed: subprocess.CompletedProcess):
+        self.command = command
+        self.rc = completed.returncode
+        self.output = completed.stdout
+        self.recap = {
+            host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
+            for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", self.output, re.MULTILINE)
+        }
+
+    def changed(self, host: str) -> int:
+        return self.recap.get(host, {}).get("changed", 0)
+
+    def __str__(self) -> str:
+        tail = "\n".join(self.output.splitlines()[-60:])
+        return f"$ {shlex.join(self.command)}\n(rc={self.rc})\n{tail}"
+
+
+def ansible_playbook(playbook: str, *args: str, extra_vars: dict | None = None) -> PlaybookRun:
+    """Run a playbook of the repo (or this scenario) with molecule's inventory and config."""
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not inventory:
+        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run the suite through `molecule verify`")
+    # Both hosts at once, as in converge (molecule.yml, ansible_args).
+    command = ["ansible-playbook", "-i", inventory, "--extra-vars", "agented_serial=100%"]
+    with tempfile.TemporaryDirectory() as scratch:
+        if extra_vars is not None:
+            # A file, not the command line: values stay out of `ps` and need no shell quoting.
+            path = Path(scratch) / "extra-vars.json"
+            path.write_text(json.dumps(extra_vars))
+            command += ["--extra-vars", f"@{path}"]
+        command += [*args, str(playbook)]
+        env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+        completed = subprocess.run(
+            command, env=env, cwd=PROJECT_DIR, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=900,
+        )
+    return PlaybookRun(command, completed)
+
+
+CONVERGE = SCENARIO_DIR / "converge.yml"
+ROLLBACK = PROJECT_DIR / "playbooks" / "rollback.yml"
+
+
+def env_with(**changes) -> dict:
+    """agented_backend_env of the group variables with some keys changed (None removes one)."""
+    env = dict(GROUP_VARS["agented_backend_env"])
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+def figure(table: str, row: str, column: str, value: str) -> None:
+    """Print a measured figure now and keep it for the summary table at the end."""
+    print(f"\n    {table}: {row} on {column}: {value}", flush=True)
+    _FIGURES[table][(row, column)] = value
+
+
+def pytest_terminal_summary(terminalreporter):
+    for table, cells in _FIGURES.items():
+        rows = list(dict.fromkeys(row for row, _ in cells))
+        columns = sorted({column for _, column in cells})
+        width = max(len(row) for row in rows) + 2
+        cell = max(len(text) for text in [*columns, *cells.values()]) + 4
+        terminalreporter.section(table)
+        terminalreporter.write_line(" " * width + "".join(f"{c:>{cell}}" for c in columns))
+        for row in rows:
+            terminalreporter.write_line(
+                f"{row:<{width}}" + "".join(f"{cells.get((row, c), '-'):>{cell}}" for c in columns)
+            )

@@ -1,0 +1,171 @@
+"""The headline: whatever kills Gunicorn, systemd has it serving again within 5 seconds.
+
+Each kill is timed on the host itself (probe.py): from the signal to the moment a NEW master,
+reported active by systemd, answers /health/readiness with 200. The tests of one host run back
+to back (pytest groups them by host), as the crash-loop limits must allow.
+"""
+
+import subprocess
+import time
+
+import pytest
+
+from conftest import (
+    PORT, RESTART_PROMISE, SERVICE, SOCKET, figure, name_of, on_all, probe, seconds, sh, show,
+    stored, wait_ready, webhook_secret,
+)
+
+TABLE = "seconds from the kill to readiness 200 (new master)"
+
+
+def restart(host, target, signame):
+    result = probe(host, "restart", target, signame)
+    assert "error" not in result, result
+    shown = "not back" if result["seconds"] is None else f"{result['seconds']:.2f} s"
+    figure(TABLE, f"{signame} of the {'process group' if target == 'group' else target}",
+           name_of(host), shown)
+    return result
+
+
+@pytest.mark.parametrize("target, signame", [
+    ("master", "SIGKILL"),
+    ("master", "SIGTERM"),  # a plain `kill <pid>` from outside systemd: Gunicorn exits 0
+    ("master", "SIGSEGV"),
+    ("master", "SIGABRT"),
+    ("group", "SIGKILL"),
+])
+def test_killed_master_is_replaced_within_5_seconds(host, target, signame):
+    r = restart(host, target, signame)
+    assert r["seconds"] is not None, f"not serving again after 30 s: {r}"
+    assert r["new_master"] not in (0, r["old_master"]), r
+    assert r["restarts_after"] == r["restarts_before"] + 1, r
+    assert r["new_workers"], f"the new master has no workers: {r}"
+    assert r["seconds"] <= RESTART_PROMISE, f"{r['seconds']:.2f} s > {RESTART_PROMISE} s: {r}"
+
+
+def test_killed_worker_is_replaced_by_the_same_master(host):
+    r = restart(host, "worker", "SIGKILL")
+    assert r["seconds"] is not None, f"no replacement worker after 30 s: {r}"
+    assert r["new_master"] == r["old_master"], r
+    assert r["restarts_after"] == r["restarts_before"], r
+    assert r["victim"] not in r["new_workers"] and len(r["new_workers"]) >= len(r["old_workers"]), r
+    assert r["seconds"] <= RESTART_PROMISE, r
+
+
+def test_acknowledged_webhook_survives_a_sigkill(host):
+    delivery = f"molecule-kill-{name_of(host)}-{time.time_ns()}"
+    r = probe(host, "webhook-then-kill", delivery, env={"WEBHOOK_SECRET": webhook_secret()})
+    assert 200 <= r["status"] < 300, f"the delivery was not acknowledged: {r}"
+    assert r.get("seconds") is not None, f"not serving again after the kill: {r}"
+    figure(TABLE, "SIGKILL right after a 2xx webhook", name_of(host), f"{r['seconds']:.2f} s")
+    assert stored(host, delivery)["missing"] == [], "an acknowledged delivery was lost"
+
+
+def test_systemctl_stop_leaves_it_stopped_and_start_brings_it_back(host):
+    restart_sec = seconds(show(host, SERVICE, "RestartUSec")["RestartUSec"])
+    restarts = int(show(host, SERVICE, "NRestarts")["NRestarts"])
+    sh(host, f"systemctl stop {SERVICE}")
+    time.sleep(restart_sec + 2)  # long enough for a restart that should not happen
+    p = show(host, SERVICE, "ActiveState", "MainPID", "NRestarts")
+    assert p == {"ActiveState": "inactive", "MainPID": "0", "NRestarts": str(restarts)}, p
+    # With socket activation the socket keeps listening: the next request would start it again.
+    assert show(host, SOCKET, "ActiveState")["ActiveState"] == "active"
+
+    sh(host, f"systemctl start {SERVICE}")
+    waited = wait_ready(host, 30)
+    assert waited["ready"], waited
+    figure("seconds from `systemctl start` to readiness 200", "after systemctl stop agented",
+           name_of(host), f"{waited['seconds']:.2f} s")
+
+
+def test_stopping_socket_and_service_stops_it_fully(host):
+    sh(host, f"systemctl stop {SOCKET} {SERVICE}")
+    time.sleep(1)
+    assert show(host, SERVICE, "ActiveState")["ActiveState"] == "inactive"
+    assert show(host, SOCKET, "ActiveState")["ActiveState"] == "inactive"
+    # What a user sees: nothing listens any more.
+    refused = host.run(
+        f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {PORT}), 2)'")
+    assert refused.rc != 0 and "Connection refused" in refused.stderr, refused.stderr
+
+    # `systemctl start agented` alone brings back the whole service, socket included.
+    sh(host, f"systemctl start {SERVICE}")
+    waited = wait_ready(host, 30)
+    assert waited["ready"], waited
+    assert show(host, SOCKET, "ActiveState")["ActiveState"] == "active", \
+        "starting agented.service did not start agented.socket (Requires=/Wants= it?)"
+
+
+# --- crash loop and reboot: slow, so every host at once ------------------------------------------
+
+CRASH_DROP_IN = "/run/systemd/system/agented.service.d/zz-molecule-crash-loop.conf"
+
+
+def _crash_loop(host):
+    """Make every start fail (an invalid LOG_LEVEL in the real environment, which wins over .env)
+    and watch systemd give up; then restore the service."""
+    p = show(host, SERVICE, "StartLimitBurst", "StartLimitIntervalUSec", "RestartUSec", "NRestarts")
+    burst, restarts = int(p["StartLimitBurst"]), int(p["NRestarts"])
+    limit = seconds(p["StartLimitIntervalUSec"]) + 10
+    sh(host, f"mkdir -p {CRASH_DROP_IN.rsplit('/', 1)[0]} && "
+             f"printf '[Service]\\nEnvironment=LOG_LEVEL=loud\\n' > {CRASH_DROP_IN} && "
+             f"systemctl daemon-reload && systemctl restart {SERVICE}", check=False)
+    start = time.monotonic()
+    state = {}
+    try:
+        while time.monotonic() - start < limit:
+            state = show(host, SERVICE, "ActiveState", "Result", "NRestarts")
+            if state["ActiveState"] == "failed":
+                break
+            time.sleep(0.5)
+        gave_up_after = time.monotonic() - start
+        log = sh(host, f"journalctl -u {SERVICE} --lines 300 --no-pager -o cat", check=False)
+    finally:
+        sh(host, f"rm -f {CRASH_DROP_IN} && systemctl daemon-reload && "
+                 f"systemctl reset-failed {SERVICE} {SOCKET} && systemctl start {SOCKET} {SERVICE}")
+    return {"state": state, "burst": burst, "restarts": int(state.get("NRestarts", restarts)) - restarts,
+            "seconds": gave_up_after, "log": log, "ready_again": wait_ready(host, 30)["ready"]}
+
+
+@pytest.fixture(scope="module")
+def crash_loops(all_hosts):
+    return on_all(all_hosts, _crash_loop)
+
+
+def test_crash_loop_gives_up_and_shows_the_cause(host, crash_loops):
+    r = crash_loops[name_of(host)]
+    figure("crash loop (every start fails)", "seconds until systemd gives up", name_of(host),
+           f"{r['seconds']:.1f} s after {r['restarts']} restarts")
+    assert r["state"].get("ActiveState") == "failed", f"still restarting: {r['state']}"
+    # systemd 252 keeps the last exit's Result and logs the start limit; later ones may report it.
+    assert r["state"].get("Result") == "start-limit-hit" or "Start request repeated too quickly" in r["log"], \
+        f"it failed, but not by the start limit: {r['state']}"
+    assert r["restarts"] <= r["burst"], r
+    assert "LOG_LEVEL" in r["log"], f"the journal does not say why it fails:\n{r['log'][-2000:]}"
+    assert r["ready_again"], "the service did not come back after the crash loop"
+
+
+def _reboot(host):
+    """Stop and start the container, as a reboot would, and time until it serves again."""
+    name = name_of(host)
+    before = show(host, SERVICE, "MainPID")["MainPID"]
+    subprocess.run(["docker", "stop", "-t", "60", name], check=True, capture_output=True)
+    start = time.monotonic()
+    subprocess.run(["docker", "start", name], check=True, capture_output=True)
+    waited = wait_ready(host, 60)
+    return {"ready": waited["ready"], "seconds": time.monotonic() - start, "before": before,
+            "after": show(host, SERVICE, "MainPID", "ActiveState", "UnitFileState")}
+
+
+@pytest.fixture(scope="module")
+def reboots(all_hosts):
+    return on_all(all_hosts, _reboot)
+
+
+def test_service_comes_back_after_a_reboot(host, reboots):
+    r = reboots[name_of(host)]
+    figure("reboot (docker stop + start)", "seconds from start to readiness 200", name_of(host),
+           f"{r['seconds']:.1f} s")
+    assert r["ready"], r
+    assert r["after"]["ActiveState"] == "active" and r["after"]["UnitFileState"] == "enabled", r
+

@@ -1,0 +1,100 @@
+"""Secrets never show in Ansible's output, reach the service exactly, and SECRET_KEY is kept.
+
+Three converges at -vvv with --diff: a plain second converge, one that changes every secret
+(so the .env task has a diff to show), and one that restores the group variables. No secret
+value may appear in any of their outputs: neither the test secrets (found by the unique first
+word of each) nor the SECRET_KEY the role generated on the hosts.
+"""
+
+import hashlib
+import json
+import shlex
+
+import pytest
+
+from conftest import (
+    CONVERGE, ENV_FILE, GROUP_VARS, SECRETS, USER, VENV, ansible_playbook, effective_secret_key,
+    env_with, name_of, on_all, post_webhook, sh, webhook_secret,
+)
+
+NEW_SECRETS = {
+    "GITHUB_WEBHOOK_SECRET": "molecule-rotated-whsec-2a6f0b = with 'quotes' \"too\" #hash $VAR \\",
+    "ANTHROPIC_API_KEY": "molecule-rotated-anthropic-c81d55 key",
+}
+
+
+def markers() -> set[str]:
+    values = [GROUP_VARS["agented_backend_env"][name] for name in SECRETS
+              if GROUP_VARS["agented_backend_env"].get(name)]
+    return {value.split()[0] for value in [*values, *NEW_SECRETS.values()]}
+
+
+def loaded_digests(host) -> dict[str, str]:
+    """sha256 of each secret as the service's own settings loader reads .env, run as the service
+    user (digests, so the values stay out of the test log too)."""
+    code = (
+        "import hashlib, importlib.util, json\n"
+        "spec = importlib.util.spec_from_file_location('s', 'app/settings.py')\n"
+        "s = importlib.util.module_from_spec(spec); spec.loader.exec_module(s)\n"
+        f"values = s.load(environ={{}}, env_file={ENV_FILE!r})\n"
+        f"print(json.dumps({{k: hashlib.sha256(str(values[k]).encode()).hexdigest() for k in {sorted(SECRETS)!r} if values[k]}}))\n"
+    )
+    out = sh(host, f"cd {VENV}/.. && runuser -u {USER} -- {VENV}/bin/python -c {shlex.quote(code)}")
+    return json.loads(out)
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def runs(all_hosts):
+    keys_before = on_all(all_hosts, effective_secret_key)
+    second = ansible_playbook(CONVERGE, "-vvv", "--diff")
+    rotated = ansible_playbook(CONVERGE, "-vvv", "--diff",
+                               extra_vars={"agented_backend_env": env_with(**NEW_SECRETS)})
+    seen_rotated = on_all(all_hosts, loaded_digests)
+    webhook_rotated = on_all(all_hosts, lambda h: post_webhook(h, f"molecule-rot-{name_of(h)}",
+                                                                NEW_SECRETS["GITHUB_WEBHOOK_SECRET"]))
+    restored = ansible_playbook(CONVERGE, "-vvv", "--diff")
+    return {
+        "keys_before": keys_before,
+        "keys_after": on_all(all_hosts, effective_secret_key),
+        "runs": {"second converge": second, "rotating secrets": rotated, "restoring": restored},
+        "seen_rotated": seen_rotated,
+        "seen_restored": on_all(all_hosts, loaded_digests),
+        "webhook_rotated": webhook_rotated,
+        "webhook_restored": on_all(all_hosts, lambda h: post_webhook(h, f"molecule-res-{name_of(h)}")),
+    }
+
+
+@pytest.mark.parametrize("run_name", ["second converge", "rotating secrets", "restoring"])
+def test_no_secret_in_verbose_output_or_diff(runs, run_name):
+    run = runs["runs"][run_name]
+    assert run.rc == 0, str(run)
+    leaked = sorted(m for m in markers() if m in run.output)
+    keys = [k for k in runs["keys_before"].values() if k] + [k for k in runs["keys_after"].values() if k]
+    leaked += ["a generated SECRET_KEY" for key in set(keys) if key in run.output]
+    assert not leaked, f"{run_name}: secrets in the output at -vvv --diff: {leaked}"
+
+
+def test_second_converge_changes_nothing(runs):
+    run = runs["runs"]["second converge"]
+    assert run.recap and all(counts["changed"] == 0 for counts in run.recap.values()), str(run)
+
+
+def test_secret_key_is_generated_once_and_kept(host, runs):
+    before, after = runs["keys_before"][name_of(host)], runs["keys_after"][name_of(host)]
+    assert before, "no SECRET_KEY in .env and no generated key file"
+    assert after == before, "SECRET_KEY changed on a later converge"
+
+
+def test_secrets_reach_the_service_exactly(host, runs):
+    name = name_of(host)
+    rotated = runs["seen_rotated"][name]
+    for key, value in NEW_SECRETS.items():
+        assert rotated.get(key) == digest(value), f"{key} reads back differently after rotation"
+    assert 200 <= runs["webhook_rotated"][name]["status"] < 300, runs["webhook_rotated"][name]
+    restored = runs["seen_restored"][name]
+    assert restored.get("GITHUB_WEBHOOK_SECRET") == digest(webhook_secret())
+    assert 200 <= runs["webhook_restored"][name]["status"] < 300, runs["webhook_restored"][name]
