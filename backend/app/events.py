@@ -26,6 +26,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -40,8 +41,10 @@ EXTENSION = "agented_event_hub"
 # Reconnection delay suggested to clients (the SSE retry: field), in milliseconds.
 RETRY_MS = 2000
 # Events each process keeps in memory for subscribers that are a little behind. One that
-# falls further behind has its stream ended and resumes with Last-Event-ID.
+# falls further behind (a slow client, a burst of events) catches up from the database.
 BUFFER_SIZE = 1024
+# Most events a lagging stream reads back from the database at once.
+CATCH_UP_LIMIT = 10000
 # Rows read by the poller in one query.
 BATCH_SIZE = 500
 _LAST_EVENT_ID_RE = re.compile(r"[0-9]{1,18}")
@@ -174,6 +177,8 @@ class Hub:
                 if len(rows) < BATCH_SIZE:
                     self._poke.wait(self._poll_interval)
                     self._poke.clear()
+                else:
+                    time.sleep(0)  # a burst: let the streams take this batch first
         except Exception:
             log.exception("event poller failed")
             self._close()
@@ -224,6 +229,16 @@ def _replay(
     return frames, newest
 
 
+def _read_from_database(
+    db_path: str, last_event_id: int | None, limit: int
+) -> tuple[list[bytes], int]:
+    connection = db.connect(db_path)
+    try:
+        return _replay(connection, last_event_id, limit)
+    finally:
+        connection.close()
+
+
 def stream(
     hub: Hub, db_path: str, last_event_id: int | None, replay_limit: int, heartbeat: float
 ) -> Iterator[bytes]:
@@ -234,17 +249,16 @@ def stream(
         yield preamble  # shutting down: the client reconnects to a live worker
         return
     try:
-        connection = db.connect(db_path)
-        try:
-            frames, cursor = _replay(connection, last_event_id, replay_limit)
-        finally:
-            connection.close()
+        frames, cursor = _read_from_database(db_path, last_event_id, replay_limit)
         yield preamble + b"".join(frames)
         while True:
             waiter = hub.waiter()
             events = hub.after(cursor)
-            if events is None:
-                return  # fell behind the buffer: the client resumes with Last-Event-ID
+            if events is None:  # behind what the hub still holds: catch up from the database
+                frames, cursor = _read_from_database(db_path, cursor, CATCH_UP_LIMIT)
+                if frames:
+                    yield b"".join(frames)
+                continue
             if events:
                 cursor = events[-1].id
                 yield b"".join(event.frame for event in events)

@@ -191,13 +191,31 @@ def test_poller_stops_when_the_last_subscriber_leaves(app, open_stream):
     assert not hub._polling
 
 
-def test_a_subscriber_too_far_behind_is_ended_to_resume(app):
+def test_a_stream_behind_the_buffer_catches_up_from_the_database(app, open_stream):
+    stream = open_stream()
+    stream.next()
     hub = events.get_hub(app)
-    hub.subscribe()
-    try:
-        with hub._lock:
-            hub._floor = 10
-        assert hub.after(5) is None
-        assert hub.after(10) == []
-    finally:
-        hub.unsubscribe()
+    created = add_events(app, 3)
+    events.notify(app)
+    deadline = time.monotonic() + 2
+    while hub.after(created[-1] - 1) in (None, []) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the poller has buffered them...
+    with hub._lock:
+        hub._floor = created[-1]  # ...and pretend they were pushed out
+    received: list[int] = []
+    while len(received) < 3:
+        received += ids(stream.next())
+    assert received == created
+
+
+def test_a_burst_larger_than_the_buffer_reaches_every_stream(app, open_stream):
+    streams = [open_stream() for _ in range(3)]
+    for stream in streams:
+        stream.next()
+    created = add_events(app, events.BUFFER_SIZE + 700)
+    events.notify(app)
+    for stream in streams:
+        received: list[int] = []
+        while len(received) < len(created):
+            received += ids(stream.next())
+        assert received == created

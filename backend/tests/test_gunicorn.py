@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import (
@@ -26,6 +27,17 @@ from helpers import (
 from app import db, events
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and prctl")
+
+
+def is_socket_soon(path: Path, timeout: float = 5.0) -> bool:
+    """Gunicorn opens its control socket once the first workers are spawned, which may be
+    after a worker already answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            return stat.S_ISSOCK(path.stat().st_mode)
+        time.sleep(0.02)
+    return False
 
 
 def test_env_example_gives_a_running_service(tmp_path):
@@ -47,7 +59,7 @@ def test_env_example_gives_a_running_service(tmp_path):
         assert (backend / "agented.db").is_file()
         assert stat.S_IMODE((backend / ".secret_key").stat().st_mode) == 0o600
         # ...the control socket where Gunicorn puts it by default...
-        assert stat.S_ISSOCK((home / ".gunicorn" / "gunicorn.ctl").stat().st_mode)
+        assert is_socket_soon(home / ".gunicorn" / "gunicorn.ctl")
         # ...and no webhook secret: deliveries are refused.
         assert server.deliver({"zen": "x"})[0] == 503
         log = server.log
@@ -254,7 +266,7 @@ def _raw_exchange(port: int, head: bytes, body: bytes, timeout: float = 5.0) -> 
 def test_oversized_bodies_are_refused_and_not_drained(gunicorn, tmp_path):
     control_socket = tmp_path / "run" / "gunicorn.ctl"
     server = gunicorn(GITHUB_WEBHOOK_MAX_BYTES="2048", GUNICORN_CONTROL_SOCKET=str(control_socket))
-    assert stat.S_ISSOCK(control_socket.stat().st_mode)
+    assert is_socket_soon(control_socket)
 
     declared = (
         b"POST /api/webhooks/github HTTP/1.1\r\nHost: test\r\n"
