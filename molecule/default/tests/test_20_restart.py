@@ -18,6 +18,15 @@ from conftest import (
 TABLE = "seconds from the kill to readiness 200 (new master)"
 
 
+@pytest.fixture(autouse=True)
+def serving(host):
+    """Each test starts from a serving host, so one failure does not fail the ones after it."""
+    if not wait_ready(host, 5)["ready"]:
+        sh(host, f"systemctl reset-failed {SERVICE} {SOCKET}; systemctl start {SOCKET} {SERVICE}",
+           check=False)
+        assert wait_ready(host, 30)["ready"], "the host does not serve, even after a fresh start"
+
+
 def restart(host, target, signame):
     result = probe(host, "restart", target, signame)
     assert "error" not in result, result
