@@ -1,12 +1,17 @@
 """deploy/ holds the role's own templates rendered with the default variables, never a hand-edited copy."""
 
 import plistlib
+import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 
+# The ansible-playbook beside this interpreter (.venv), whether or not .venv/bin is on PATH.
+ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or "ansible-playbook"
 REFERENCE_FILES = ["agented.service", "agented.socket", "com.agented.backend.plist"]
 
 
@@ -14,7 +19,7 @@ REFERENCE_FILES = ["agented.service", "agented.socket", "com.agented.backend.pli
 def fresh_rendering(tmp_path_factory):
     dest = tmp_path_factory.mktemp("deploy")
     subprocess.run(
-        ["ansible-playbook", "playbooks/reference.yml", "-e", f"agented_backend_reference_dest={dest}"],
+        [ANSIBLE_PLAYBOOK, "playbooks/reference.yml", "-e", f"agented_backend_reference_dest={dest}"],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -44,7 +49,8 @@ def test_reference_unit_uses_the_documented_paths_and_restart_policy():
         "TimeoutStopSec=30",
     ]:
         assert line in unit.splitlines(), line
-    assert "EnvironmentFile" not in unit
+    # One .env parser: the service's own (see the unit's comment).
+    assert not any(line.startswith("EnvironmentFile=") for line in unit.splitlines())
 
 
 def test_reference_plist_parses_and_keeps_gunicorn_supervised():
