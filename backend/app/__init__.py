@@ -80,7 +80,13 @@ def configure_process(app: Flask) -> None:
         app.config["SECRET_KEY_SOURCE"] = "environment"  # noqa: S105 -- not a key
     else:
         directory = os.path.dirname(app.config["AGENTED_DB_PATH"])
-        app.config["SECRET_KEY"] = secret_key.load_or_create(directory)
+        try:
+            app.config["SECRET_KEY"] = secret_key.load_or_create(directory)
+        except OSError as error:
+            raise RuntimeError(
+                f"SECRET_KEY is not set and no key can be kept in {directory} ({error}): "
+                "set SECRET_KEY, or AGENTED_DB_PATH to a writable place"
+            ) from error
         app.config["SECRET_KEY_SOURCE"] = "file"  # noqa: S105 -- not a key
     # The largest body the API accepts is a webhook's; Flask refuses anything larger.
     app.config["MAX_CONTENT_LENGTH"] = app.config["GITHUB_WEBHOOK_MAX_BYTES"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 
+import pytest
 from helpers import BACKEND_DIR
 
 from app import create_app, db, lifecycle
@@ -61,6 +62,13 @@ def test_not_ready_while_the_database_is_unreachable_then_ready(tmp_path):
     blocker.unlink()  # the "volume" appears: readiness migrates and recovers
     response = client.get("/health/readiness")
     assert response.status_code == 200, response.get_json()
+
+
+def test_without_secret_key_an_unusable_state_directory_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with pytest.raises(RuntimeError, match="set SECRET_KEY, or AGENTED_DB_PATH"):
+        create_app({"TESTING": True, "AGENTED_DB_PATH": str(blocker / "agented.db")})
 
 
 def test_not_ready_when_shutting_down(app, client):
