@@ -235,13 +235,17 @@ def write_inventory(path: Path, hosts: list[str], extra: dict | None = None) -> 
     return path
 
 
-def converge(inventory: Path, log: Path, extra_vars: dict | None = None, check=True) -> tuple[float, int]:
-    """ansible-playbook playbooks/site.yml as users run it; returns (wall seconds, return code)."""
+def converge(inventory: Path, log: Path, extra_vars: dict | None = None, check=True,
+             profile=False) -> tuple[float, int]:
+    """ansible-playbook playbooks/site.yml as users run it; returns (wall seconds, return code).
+    profile: add ansible.posix's profile_tasks callback (the slowest tasks at the end of the log)."""
     cmd = [str(TOOLS / "ansible-playbook"), "-i", str(inventory), "playbooks/site.yml"]
     if extra_vars:
         cmd += ["--extra-vars", json.dumps(extra_vars)]
     env = {**os.environ, "PATH": f"{TOOLS}:{os.environ['PATH']}", "ANSIBLE_FORCE_COLOR": "0",
            "ANSIBLE_NOCOLOR": "1"}
+    if profile:
+        env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
     start = time.monotonic()
     with open(log, "w") as stream:
         code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode

@@ -24,7 +24,7 @@ from conftest import (
 )
 
 BROKEN_MODULE = "agented_molecule_deliberately_missing_module"
-HEALTH_TIMEOUT = 20  # seconds the role waits for the broken release before rolling back
+HEALTH_TIMEOUT = 10  # seconds the role waits for the broken release before rolling back
 
 
 def copy_backend(into: Path) -> Path:
