@@ -634,7 +634,8 @@ def dotenv_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _dotenv_unquote(text: str) -> str:
+def dotenv_unquote(text: str) -> str:
+    """The value dotenv_quote() wrote as ``text``; the Ansible role reads its rendered .env back."""
     if len(text) >= 2 and text[0] == text[-1] == "'":
         return re.sub(r"\\([\\'])", r"\1", text[1:-1])
     return text
@@ -722,7 +723,7 @@ def parse_example(text: str) -> tuple[Setting, ...]:
             name, value = match[1], match[2]
             spec_line, spec = comments[-1]
             fields = _parse_spec(spec_line, spec)
-            written = _dotenv_unquote(value)
+            written = dotenv_unquote(value)
             if written != (fields["default"] or ""):
                 raise ValueError(
                     f"line {line_number}: {name}={value} does not match the declared default"
@@ -763,6 +764,8 @@ def main(argv: list[str] | None = None) -> int:
         "--check", action="store_true", help="exit 1 if the committed .env.example differs"
     )
     commands.add_parser("check", help="validate the environment and .env; exit 1 if invalid")
+    get = commands.add_parser("get", help="print the effective value of one variable")
+    get.add_argument("name", choices=[setting.name for setting in SETTINGS], metavar="NAME")
     args = parser.parse_args(argv)
 
     if args.command == "example":
@@ -785,10 +788,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     try:
-        load()
+        values = load()
     except SettingsError as error:
         print(f"agented: invalid configuration: {error}", file=sys.stderr)
         return 1
+    if args.command == "get":
+        value = values[args.name]
+        if SETTINGS_BY_NAME[args.name].secret:
+            print("agented: secrets are not printed", file=sys.stderr)
+            return 1
+        print("" if value is None else value)
+        return 0
     for note in unknown_names():
         print(f"agented: warning: .env sets an unknown variable: {note}", file=sys.stderr)
     print("configuration OK")

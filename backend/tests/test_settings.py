@@ -183,6 +183,29 @@ def test_cli_prints_the_example_and_checks_it():
     )
 
 
+def test_cli_get_prints_one_effective_value_but_never_a_secret(tmp_path):
+    script = str(BACKEND_DIR / "app" / "settings.py")
+    env = clean_environment(GUNICORN_BIND="127.0.0.1:8123", SECRET_KEY="not-for-printing")
+    got = subprocess.run(
+        [sys.executable, script, "get", "GUNICORN_BIND"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert got.stdout == "127.0.0.1:8123\n"
+    secret = subprocess.run(
+        [sys.executable, script, "get", "SECRET_KEY"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert secret.returncode == 1 and "not-for-printing" not in secret.stdout + secret.stderr
+
+
 def test_cli_check_reports_one_line(tmp_path):
     env = clean_environment(LOG_LEVEL="loud")
     result = subprocess.run(
@@ -350,6 +373,7 @@ def test_dotenv_quote_round_trips_through_python_dotenv(value):
     assert dotenv_values(stream=io.StringIO(line), interpolate=False) == {
         "ANTHROPIC_API_KEY": value
     }
+    assert settings.dotenv_unquote(quoted) == value
 
 
 def test_dotenv_quote_examples(tmp_path):
