@@ -453,8 +453,11 @@ SETTINGS: tuple[Setting, ...] = (
         name="GUNICORN_KEEPALIVE",
         section="Tuning",
         kind="int",
-        default="5",
-        description="Seconds an idle keep-alive connection is held open for the next request.",
+        default="2",
+        description=(
+            "Seconds an idle keep-alive connection is held open for the next request. A stopping"
+            " worker waits for idle connections this long, so a short value keeps restarts fast."
+        ),
         minimum=0,
         maximum=300,
     ),

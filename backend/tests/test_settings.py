@@ -41,7 +41,7 @@ NON_DEFAULTS = {
     "GUNICORN_WORKER_CONNECTIONS": "2000",
     "GUNICORN_TIMEOUT": "45",
     "GUNICORN_GRACEFUL_TIMEOUT": "7",
-    "GUNICORN_KEEPALIVE": "2",
+    "GUNICORN_KEEPALIVE": "4",
     "STALE_CONVERSATION_THRESHOLD_SECS": "3600",
     "STALE_EXECUTION_THRESHOLD_SECS": "120",
     "SSE_REPLAY_LIMIT": "123",
@@ -594,7 +594,7 @@ def test_every_setting_takes_effect(tmp_path, monkeypatch, restore_timezone):
     assert gunicorn_config["worker_connections"] == 2000
     assert gunicorn_config["timeout"] == 45
     assert gunicorn_config["graceful_timeout"] == 7
-    assert gunicorn_config["keepalive"] == 2
+    assert gunicorn_config["keepalive"] == 4
     assert gunicorn_config["worker_class"] == "gevent"
     assert gunicorn_config["preload_app"] is False
     assert "user" not in gunicorn_config and "group" not in gunicorn_config
