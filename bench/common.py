@@ -236,9 +236,10 @@ def write_inventory(path: Path, hosts: list[str], extra: dict | None = None) -> 
 
 
 def converge(inventory: Path, log: Path, extra_vars: dict | None = None, check=True,
-             profile=False) -> tuple[float, int]:
+             profile=False, pipelining=False) -> tuple[float, int]:
     """ansible-playbook playbooks/site.yml as users run it; returns (wall seconds, return code).
-    profile: add ansible.posix's profile_tasks callback (the slowest tasks at the end of the log)."""
+    profile: add ansible.posix's profile_tasks callback (the slowest tasks at the end of the log).
+    pipelining: ANSIBLE_PIPELINING=1 (ansible.cfg pipelines only the ssh connection, not docker's)."""
     cmd = [str(TOOLS / "ansible-playbook"), "-i", str(inventory), "playbooks/site.yml"]
     if extra_vars:
         cmd += ["--extra-vars", json.dumps(extra_vars)]
@@ -246,6 +247,8 @@ def converge(inventory: Path, log: Path, extra_vars: dict | None = None, check=T
            "ANSIBLE_NOCOLOR": "1"}
     if profile:
         env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
+    if pipelining:
+        env["ANSIBLE_PIPELINING"] = "1"
     start = time.monotonic()
     with open(log, "w") as stream:
         code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
