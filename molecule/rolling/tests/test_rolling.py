@@ -1,0 +1,204 @@
+"""A rolling deploy across three hosts keeps two of them answering; a failed health gate stops it.
+
+Runs in molecule's verify step after converge has deployed a first release to the three hosts.
+Each test starts tests/probe.py inside every host (systemd-run, asking its own 127.0.0.1 for
+readiness every 50 ms with a 0.5 s timeout), runs playbooks/site.yml as users do (serial 1, any
+error fatal), stops the probes and lines their answers up on the hosts' shared clock: at every
+moment, at least two of the three must have answered readiness with 200.
+
+What was measured goes to $AGENTED_ROLLING_RESULTS (bench/rolling.py charts it), or a temporary
+directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCENARIO_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", SCENARIO_DIR.parents[1]))
+HOSTS = [p["name"] for p in yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())["platforms"]]
+RESULTS = Path(os.environ.get("AGENTED_ROLLING_RESULTS") or tempfile.mkdtemp(prefix="agented-rolling-"))
+CURRENT = "/opt/agented/backend/current"
+RELEASES = "/opt/agented/backend/releases"
+PROBE_UNIT = "agented-rolling-probe"
+MIN_ANSWERING = 2
+
+
+def docker_exec(host: str, *cmd: str, check: bool = True) -> str:
+    result = subprocess.run(["docker", "exec", host, *cmd], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, f"{host}: {cmd} failed: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def release_of(host: str) -> str:
+    return os.path.basename(docker_exec(host, "readlink", CURRENT).strip())
+
+
+def releases_on(host: str) -> set[str]:
+    return set(docker_exec(host, "ls", RELEASES).split())
+
+
+def backend_copy(line: str) -> Path:
+    """backend/ (source and lock) in a scratch directory, with one line appended to app/__init__.py."""
+    target = Path(tempfile.mkdtemp(prefix="agented-rolling-")) / "backend"
+    shutil.copytree(PROJECT_DIR / "backend", target, ignore=shutil.ignore_patterns(
+        ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".env", "*.db*",
+        ".secret_key", "*.log", "tests"))
+    with open(target / "app" / "__init__.py", "a") as stream:
+        stream.write(line + "\n")
+    return target
+
+
+class Probes:
+    """tests/probe.py running in every host while the `with` block runs."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.samples: dict[str, list[tuple[float, float, bool]]] = {}
+
+    def __enter__(self) -> Probes:
+        for host in HOSTS:
+            subprocess.run(["docker", "cp", str(Path(__file__).with_name("probe.py")), f"{host}:/root/probe.py"],
+                           check=True)
+            docker_exec(host, "rm", "-f", "/root/probe.log")
+            docker_exec(host, "systemctl", "reset-failed", PROBE_UNIT, check=False)
+            docker_exec(host, "systemd-run", "--unit", PROBE_UNIT, "--collect", "--quiet",
+                        "python3", "/root/probe.py", "/root/probe.log")
+        time.sleep(2)  # every probe has answers from before the deploy
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(2)  # and from after it
+        for host in HOSTS:
+            docker_exec(host, "systemctl", "stop", PROBE_UNIT, check=False)
+            lines = docker_exec(host, "cat", "/root/probe.log").split("\n")
+            self.samples[host] = [(float(s), float(d), status == "200")
+                                  for s, d, status in (line.split() for line in lines if line)]
+
+
+def answering(samples: dict[str, list[tuple[float, float, bool]]]) -> dict:
+    """How many hosts answered at each moment. A host counts from a probe sent at t to the next
+    probe as it answered that probe: 200 within the timeout or not."""
+    start = max(host_samples[0][0] for host_samples in samples.values())
+    end = min(host_samples[-1][0] for host_samples in samples.values())
+    changes = []  # (time, host, answering)
+    for host, host_samples in samples.items():
+        for sent, _done, ok in host_samples:
+            changes.append((sent, host, ok))
+    changes.sort()
+    state = {host: True for host in samples}
+    timeline, low = [], []
+    for when, host, ok in changes:
+        state[host] = ok
+        count = sum(state.values())
+        if timeline and timeline[-1][1] == count:
+            continue
+        timeline.append((when, count))
+    for (when, count), (following, _) in zip(timeline, [*timeline[1:], (end, None)]):
+        if start <= when < end and count < MIN_ANSWERING:
+            low.append((when, following, count))
+    down = {}
+    for host, host_samples in samples.items():
+        windows, opened = [], None
+        for sent, _done, ok in host_samples:
+            if not ok and opened is None:
+                opened = sent
+            elif ok and opened is not None:
+                windows.append((opened, sent))
+                opened = None
+        down[host] = windows
+    inside = [count for when, count in timeline if start <= when < end]
+    return {"start": start, "end": end, "timeline": timeline, "below_minimum": low, "down": down,
+            "fewest_answering": min(inside, default=len(samples))}
+
+
+def deploy(src: Path) -> dict:
+    """playbooks/site.yml with molecule's inventory, as users run it (serial 1, any error fatal)."""
+    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+               "--extra-vars", json.dumps({"agented_backend_src": str(src)}), "playbooks/site.yml"]
+    # Pipelining, as ansible.cfg gives SSH hosts; molecule's docker connection goes without otherwise.
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PIPELINING": "1"}
+    started = time.time()
+    completed = subprocess.run(command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, timeout=1200)
+    return {"rc": completed.returncode, "output": completed.stdout, "started": started, "ended": time.time()}
+
+
+def save(name: str, run: dict, probes: Probes, timeline: dict, extra: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.log").write_text(run["output"])
+    record = {"deploy": {k: run[k] for k in ("rc", "started", "ended")}, "samples": probes.samples,
+              "answering": timeline, **extra}
+    (RESULTS / f"{name}.json").write_text(json.dumps(record))
+
+
+def describe(timeline: dict) -> str:
+    return "; ".join(f"{count} answering from {a:.2f} to {b:.2f}" for a, b, count in timeline["below_minimum"])
+
+
+@pytest.fixture(scope="module")
+def first_release() -> dict[str, str]:
+    releases = {host: release_of(host) for host in HOSTS}
+    assert len(set(releases.values())) == 1, f"converge left the hosts on different releases: {releases}"
+    return releases
+
+
+@pytest.fixture(scope="module")
+def rolled_out(first_release) -> dict:
+    src = backend_copy("# rolling deploy: a changed release")
+    with Probes("rolling-deploy") as probes:
+        run = deploy(src)
+    timeline = answering(probes.samples)
+    releases = {host: release_of(host) for host in HOSTS}
+    save("rolling-deploy", run, probes, timeline, {"before": first_release, "after": releases})
+    shutil.rmtree(src.parent, ignore_errors=True)
+    return {"run": run, "timeline": timeline, "releases": releases}
+
+
+def test_rolling_deploy_succeeds_on_every_host(first_release, rolled_out):
+    run = rolled_out["run"]
+    assert run["rc"] == 0, run["output"][-4000:]
+    new = set(rolled_out["releases"].values())
+    assert len(new) == 1 and new != set(first_release.values()), rolled_out["releases"]
+
+
+def test_at_least_two_hosts_answer_at_every_moment_of_the_rollout(rolled_out):
+    timeline = rolled_out["timeline"]
+    seconds = timeline["end"] - timeline["start"]
+    print(f"\n    rolling deploy: {seconds:.0f} s probed, fewest hosts answering {timeline['fewest_answering']}; "
+          + ", ".join(f"{h} unready {sum(b - a for a, b in w):.2f} s" for h, w in timeline["down"].items()))
+    assert not timeline["below_minimum"], describe(timeline)
+
+
+def test_a_host_failing_its_health_gate_stops_the_rollout(rolled_out):
+    good = rolled_out["releases"]
+    before = {host: releases_on(host) for host in HOSTS}
+    src = backend_copy("import agented_rolling_test_missing_module  # noqa: F401 -- a release that cannot start")
+    with Probes("failed-health-gate") as probes:
+        run = deploy(src)
+    timeline = answering(probes.samples)
+    releases = {host: release_of(host) for host in HOSTS}
+    added = {host: sorted(releases_on(host) - before[host]) for host in HOSTS}
+    save("failed-health-gate", run, probes, timeline, {"before": good, "after": releases, "added": added})
+    shutil.rmtree(src.parent, ignore_errors=True)
+
+    assert run["rc"] != 0, "the broken release was deployed without failing"
+    assert releases == good, f"a host does not run the release it ran before: {releases}, was {good}"
+    tried = [host for host in HOSTS if added[host]]
+    assert len(tried) == 1, f"the broken release reached {tried}: the rollout did not stop at the first host"
+    assert "Rolled back to release" in run["output"], run["output"][-4000:]
+    for host in HOSTS:
+        assert docker_exec(host, "curl", "-fsS", "http://127.0.0.1:20000/health/readiness"), host
+    print(f"\n    failed health gate: tried on {tried[0]} only, rolled back; fewest hosts answering "
+          f"{timeline['fewest_answering']}")
+    assert not timeline["below_minimum"], describe(timeline)
