@@ -90,6 +90,17 @@ molecule: images
 # Everything: backend tests, lint, repository tests, molecule.
 test: test-backend lint test-repo molecule
 
+# Benchmarks of docs/BENCHMARKS.md, not part of `test` (minutes each): all, or e.g. `just bench crash streams`.
+bench *names: images ensure-backend
+    #!/usr/bin/env bash
+    set -euo pipefail
+    names="{{ names }}"
+    for name in ${names:-crash coldstart reload streams deploy_speed rolling}; do
+      echo "== bench/${name}.py (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+      uv run --quiet bench/${name}.py
+    done
+    python3 bench/report.py
+
 # Render deploy/ from the role's templates with the default variables.
 reference:
     ansible-playbook playbooks/reference.yml

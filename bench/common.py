@@ -11,6 +11,7 @@ benchmark sends to a host comes from inside that host, to its own 127.0.0.1 (`do
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -43,6 +44,7 @@ BUILD_ENVIRONMENT = {
     "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
     "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
 }
+_LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]
 WEBHOOK_SECRET = "bench-webhook-secret"
 # Fixed, so that every converge of a bench host renders the same .env.
 SECRET_KEY = "bench-secret-key-not-for-production"
@@ -75,6 +77,7 @@ def machine() -> dict:
         "memory_mb": int(memory[1]),
         "cpu": model,
         "kernel": os.uname().release,
+        "load_average_at_start": _LOAD_AT_START,
         "load_average": load_average(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
@@ -85,8 +88,10 @@ def save(name: str, results: dict, tables: str) -> None:
     directory = results_dir(name)
     results = {"machine": machine(), **results}
     (directory / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    start = " / ".join(str(x) for x in results["machine"]["load_average_at_start"])
     load = " / ".join(str(x) for x in results["machine"]["load_average"])
-    footer = f"\n_Taken {results['machine']['date']}, load average at the end {load} (1/5/15 min)._\n"
+    footer = (f"\n_Taken {results['machine']['date']}; load average (1/5/15 min) {start} at the start, "
+              f"{load} at the end._\n")
     (directory / "tables.md").write_text(tables.rstrip() + "\n" + footer)
     print(tables)
     print(footer)
@@ -277,6 +282,7 @@ def backend_copy(change: str | None = None) -> Path:
     """A copy of backend/ (source and lock only) in a temporary directory, optionally with one
     line appended to app/__init__.py, so it hashes to a new release."""
     target = Path(tempfile.mkdtemp(prefix="agented-bench-backend-")) / "backend"
+    atexit.register(shutil.rmtree, target.parent, True)
     shutil.copytree(BACKEND, target, ignore=shutil.ignore_patterns(
         ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".env", "*.db*",
         ".secret_key", "gunicorn.log", "tests"))

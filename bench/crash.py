@@ -26,6 +26,7 @@ LABELS = {
     "on": "socket activation on (default)",
     "off": "socket activation off",
     "proposal": "socket activation on + proposal",
+    "proposal-1s": "socket activation on + proposal, RestartSec=1",
 }
 
 
@@ -38,7 +39,7 @@ PROPOSAL_UNIT = "[Service]\nKillMode=control-group\n"
 def measure(host: common.Host, variant: str, args) -> dict:
     directory = common.results_dir(NAME)
     socket_activation = variant != "off"
-    proposal = variant == "proposal"
+    proposal = variant.startswith("proposal")
     mode = variant
     src = args.proposal_src if proposal else args.src
     inventory = common.write_inventory(directory / "inventory.json", [host.name])
@@ -53,7 +54,8 @@ def measure(host: common.Host, variant: str, args) -> dict:
     common.log(f"converging: {LABELS[variant]}")
     common.converge(inventory, directory / f"converge-{mode}.log",
                     {"agented_backend_socket_activation": socket_activation,
-                     "agented_backend_src": str(src)})
+                     "agented_backend_src": str(src),
+                     **({"agented_backend_restart_sec": 1} if variant == "proposal-1s" else {})})
     restart_sec = float(host.exec("systemctl", "show", "agented", "--property=RestartUSec",
                                   "--value").stdout.strip().rstrip("s") or 0)
     # Each run starts with a clean start-limit counter: 10 kills are 10 starts within a minute.
@@ -155,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--rate", type=float, default=50)
-    parser.add_argument("--variants", default="on,proposal,off",
+    parser.add_argument("--variants", default="on,proposal,proposal-1s,off",
                         help="comma-separated, of: " + ", ".join(f"{k} ({v})" for k, v in LABELS.items()))
     parser.add_argument("--keep", action="store_true", help="leave the test host running")
     args = parser.parse_args()
