@@ -105,20 +105,40 @@ def breakdown(runs: list[dict]) -> list[tuple[str, dict]]:
     return rows
 
 
-def importtime(src: Path, code: str, runs: int = 5) -> list[tuple[str, float]]:
-    """The costliest imports of `code` (python -X importtime, median cumulative ms over a few
-    runs): modules imported directly (depth 0) and what they import (depth 1 and 2, indented)."""
+MASTER_CODE = ("import runpy, gunicorn.app.wsgiapp, gunicorn.workers.ggevent; "
+               "runpy.run_path('gunicorn.conf.py')")
+WORKER_CODE = "from gevent import monkey; monkey.patch_all(); import app"
+MARKER = "--- fork ---"
+
+
+def importtime(src: Path, runs: int = 5) -> tuple[list, list]:
+    """The costliest imports (python -X importtime, median cumulative ms over a few runs) of the
+    master (Gunicorn, gunicorn.conf.py) and then of a worker, which inherits what the master imported
+    (gevent's monkey-patching, `import app`); down to the third level, each named with what imported
+    it (a › b: b imported by a)."""
     python = common.BACKEND / ".venv" / "bin" / "python"
-    samples = collections.defaultdict(list)
+    code = f"{MASTER_CODE}; import sys; print({MARKER!r}, file=sys.stderr); {WORKER_CODE}"
+    samples = {"master": collections.defaultdict(list), "worker": collections.defaultdict(list)}
     for _ in range(runs):
         out = subprocess.run([str(python), "-X", "importtime", "-c", code], cwd=src, capture_output=True,
                              text=True, env={"PATH": os.environ["PATH"]}).stderr
-        for line in out.splitlines():
-            match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| ( *)(\S+)", line)
-            if match and len(match[2]) <= 4:  # two spaces per level
-                samples["\u00a0\u00a0" * (len(match[2]) // 2) + match[3]].append(int(match[1]) / 1000)
-    medians = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
-    return sorted(medians.items(), key=lambda item: -item[1])[:12]
+        master, _, worker = out.partition(MARKER)
+        for side, text in (("master", master), ("worker", worker)):
+            stack: list[str] = []
+            # A module is listed after everything it imported, indented by two spaces per level.
+            for line in reversed(text.splitlines()):
+                match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| ( *)(\S+)", line)
+                if not match:
+                    continue
+                depth = len(match[2]) // 2
+                stack = [*stack[:depth], match[3]]
+                if depth <= 2:
+                    samples[side][" › ".join(stack)].append(int(match[1]) / 1000)
+    result = []
+    for side in ("master", "worker"):
+        medians = {name: sorted(v)[len(v) // 2] for name, v in samples[side].items()}
+        result.append(sorted(medians.items(), key=lambda item: -item[1])[:12])
+    return result[0], result[1]
 
 
 def chart(restart: list[tuple[str, dict]], first: list[tuple[str, dict]], directory: Path) -> None:
@@ -162,9 +182,7 @@ def main() -> None:
             fresh = work / f"fresh-{i}"
             firsts.append(start_once(src, fresh, marks))
             shutil.rmtree(fresh)
-        master_imports = importtime(src, "import runpy, gunicorn.app.wsgiapp, gunicorn.workers.ggevent; "
-                                         "runpy.run_path('gunicorn.conf.py')")
-        worker_imports = importtime(src, "from gevent import monkey; monkey.patch_all(); import app")
+        master_imports, worker_imports = importtime(src)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(src.parent, ignore_errors=True)
@@ -184,13 +202,12 @@ def main() -> None:
         [[label, f"{common.fmt(a['median'] * 1000, ' ms', 0)} / {common.fmt(a['p95'] * 1000, ' ms', 0)}",
           f"{common.fmt(b['median'] * 1000, ' ms', 0)} / {common.fmt(b['p95'] * 1000, ' ms', 0)}"]
          for (label, a), (_, b) in zip(restart_steps, first_steps, strict=True)])
-    text += "\nLargest imports (python -X importtime, cumulative):\n\n"
-    rows = []
-    for i in range(max(len(master_imports), len(worker_imports))):
-        m = master_imports[i] if i < len(master_imports) else ("", None)
-        w = worker_imports[i] if i < len(worker_imports) else ("", None)
-        rows.append([m[0], common.fmt(m[1], " ms", 1), w[0], common.fmt(w[1], " ms", 1)])
-    text += common.table(["master: Gunicorn + gunicorn.conf.py", "", "worker: gevent patch + import app", ""], rows)
+    text += ("\nLargest imports (python -X importtime, cumulative, median of 5; `a › b`: b imported by a), "
+             "in the master (Gunicorn and gunicorn.conf.py):\n\n")
+    text += common.table(["import", "ms"], [[name, common.fmt(ms, "", 1)] for name, ms in master_imports[:8]])
+    text += ("\nand in a worker, after what it inherits from the master (gevent's monkey-patching, "
+             "then `import app`):\n\n")
+    text += common.table(["import", "ms"], [[name, common.fmt(ms, "", 1)] for name, ms in worker_imports[:8]])
     common.save(NAME, {"goal_seconds": GOAL, "totals": totals,
                        "steps": {"restart": restart_steps, "first start": first_steps},
                        "imports": {"master": master_imports, "worker": worker_imports},

@@ -67,6 +67,7 @@ def measure(host: common.Host, variant: str, args) -> dict:
     host.get("/root/load.json", directory / f"load-{mode}.json")
     records = json.loads((directory / f"load-{mode}.json").read_text())["records"]
     seconds = [k["seconds"] for k in summary["kills"] if k["seconds"] is not None]
+    first_answers = [k["breakdown"]["first_answer"] for k in summary["kills"] if first_answer(k, records)]
     return {
         "variant": variant,
         "label": LABELS[variant],
@@ -78,16 +79,31 @@ def measure(host: common.Host, variant: str, args) -> dict:
         "duration": summary["duration"],
         "kills": summary["kills"],
         "kill_to_ready": common.summary(seconds),
+        "kill_to_first_answer": common.summary(first_answers),
         "latency": common.summary([r[1] for r in records if isinstance(r[2], int)]),
         "phases": phases(summary["kills"]),
     }
 
 
+def first_answer(kill: dict, records: list) -> float | None:
+    """Seconds from the kill to the first request answered by the new master (the first answer after
+    its READY=1, when systemd has seen every old process gone); also noted in the kill's breakdown."""
+    ready = kill["breakdown"].get("new_master_ready")
+    if ready is None:
+        return None
+    done = [r[0] + r[1] for r in records if isinstance(r[2], int) and r[0] + r[1] > kill["at"] + ready]
+    if not done:
+        return None
+    kill["breakdown"]["first_answer"] = min(done) - kill["at"]
+    return kill["breakdown"]["first_answer"]
+
+
 def phases(kills: list[dict]) -> dict:
-    """Median seconds of each step of a kill-to-ready, from the journal marks."""
+    """Median seconds of each step of a kill-to-ready, from the journal marks and the load's answers."""
     steps = {"old processes gone": ("", "stopped"), "RestartSec wait": ("stopped", "restart_scheduled"),
              "new master up (READY=1)": ("restart_scheduled", "new_master_ready"),
-             "worker boots, readiness 200": ("new_master_ready", "")}
+             "a worker boots, first request answered": ("new_master_ready", "first_answer"),
+             "queued requests served, readiness 200": ("first_answer", "")}
     out = {}
     for label, (first, last) in steps.items():
         values = []
@@ -136,9 +152,12 @@ def tables(runs: list[dict]) -> str:
             common.verdict(run["failed"] == 0),
             common.fmt(k["median"], " s"), common.fmt(k["p95"], " s"), common.fmt(k["max"], " s"),
             f"≤ {goal:g} s: " + common.verdict(k["p95"] is not None and k["p95"] <= goal),
+            f"{common.fmt(run['kill_to_first_answer']['median'], ' s')} / "
+            f"{common.fmt(run['kill_to_first_answer']['p95'], ' s')}",
         ])
     text = common.table(["variant", "kills", "requests", "failed", "goal 0",
-                         "kill-to-ready p50", "p95", "max", "goal RestartSec + 0.5 s"], rows)
+                         "kill-to-ready p50", "p95", "max", "goal RestartSec + 0.5 s (p95)",
+                         "kill to first answer p50 / p95"], rows)
     text += "\nWhere kill-to-ready goes (median / p95 of each step, from systemd's journal):\n\n"
     labels = list(runs[0]["phases"])
     rows = [[label] + [f"{common.fmt(run['phases'][label]['median'], ' s')} / "

@@ -26,6 +26,13 @@ NAME = "deploy_speed"
 HOST = "agented-bench-deploy"
 GOAL_NOOP = 15.0
 GOAL_RATIO = 3.0
+BUILDS = {  # bench/inhost/venvbuild.py's variants
+    "uv-cold": "`uv sync --frozen --no-dev`, empty cache",
+    "uv-cold-bytecode": "the same with `--compile-bytecode` (as the role builds), empty cache",
+    "pip-cold": "`python3 -m venv` + `pip install -r` (compiles bytecode), no cache",
+    "uv-warm": "`uv sync ... --compile-bytecode`, warm cache",
+    "pip-warm": "`python3 -m venv` + `pip install -r`, warm cache",
+}
 
 
 def converges(host: common.Host) -> list[dict]:
@@ -127,8 +134,8 @@ def tables(runs: list[dict], builds: dict) -> str:
     text += "\nSlowest tasks of the re-run after a change (profile_tasks): " + ", ".join(
         f"{name.split(' : ', 1)[-1]} {seconds:.1f} s" for name, seconds in slowest.most_common(4)) + ".\n\n"
     stats = {name: common.summary(values) for name, values in builds.items()}
-    rows = [[name, len(values), common.fmt(stats[name]["median"], " s", 2), common.fmt(stats[name]["p95"], " s", 2)]
-            for name, values in builds.items()]
+    rows = [[BUILDS[name], len(values), common.fmt(stats[name]["median"], " s", 2),
+             common.fmt(stats[name]["p95"], " s", 2)] for name, values in builds.items()]
     text += common.table(["virtualenv build", "runs", "median", "p95"], rows)
     cold = stats["pip-cold"]["median"] / stats["uv-cold"]["median"]
     cold_bc = stats["pip-cold"]["median"] / stats["uv-cold-bytecode"]["median"]

@@ -10,7 +10,7 @@ Gunicorn processes' RSS with none, 1,000 and 2,000 open; then posts one signed G
 second and records when each client receives the event (the `id:` line), for the delivery latency
 of every (client, event) pair. RSS is sampled every second throughout (chart).
 
-    uv run bench/streams.py [--clients 2000] [--events 60] [--ramp 4000,6000]
+    uv run bench/streams.py [--clients 2000] [--events 60] [--ramp 4000,6000] [--poll-ms 100,25]
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ class Bench:
                 self.dropped += not self.closing
             connected.set()
 
-    async def connect(self, total: int, tasks: list) -> float:
-        """Open streams up to `total`, BATCH at a time; seconds it took."""
+    async def connect(self, total: int, tasks: list) -> float | None:
+        """Open streams up to `total`, BATCH at a time; seconds it took (None: some never opened)."""
         start = time.monotonic()
         while len(tasks) < total:
             events = []
@@ -144,7 +144,11 @@ class Bench:
                 connected = asyncio.Event()
                 tasks.append(asyncio.create_task(self.stream(len(tasks), connected)))
                 events.append(connected)
-            await asyncio.gather(*(e.wait() for e in events))
+            try:
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 60)
+            except TimeoutError:
+                common.log(f"streams do not open any more: {self.open} open, {len(tasks)} tried")
+                return None
         return time.monotonic() - start
 
     async def post_event(self, n: int) -> int:
@@ -186,6 +190,7 @@ async def run(master: int, args) -> dict:
             memory[level] = await bench.settle_rss()
             common.log(f"{bench.open} streams open, RSS {memory[level]:.0f} MB")
 
+        workers = collections.Counter(bench.worker_of.values())  # before any ramp
         bench.phase = "events"
         common.log(f"posting {args.events} events, one every {args.interval} s")
         main_events = []
@@ -200,7 +205,10 @@ async def run(master: int, args) -> dict:
         ramp = []
         for level in args.ramp:
             bench.phase = f"connecting to {level}"
-            await bench.connect(level, tasks)
+            if await bench.connect(level, tasks) is None:
+                ramp.append({"clients": level, "open": bench.open, "rss_total": sum(rss_mb(master).values()),
+                             "latency": latency(bench, [])})
+                break
             bench.phase = f"ramp {level}"
             ramp_events = []
             for n in range(args.ramp_events):
@@ -218,7 +226,6 @@ async def run(master: int, args) -> dict:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    workers = collections.Counter(bench.worker_of.values())
     slope = trend(bench.samples)
     return {
         "clients": args.clients, "events": args.events, "interval": args.interval,
@@ -346,7 +353,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--events", type=int, default=60)
     parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--ramp", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
+    parser.add_argument("--ramp", type=lambda s: [int(x) for x in s.split(",") if x], default=[4000, 6000],
+                        help="after the main run, more streams in steps (with the first --poll-ms only)")
     parser.add_argument("--ramp-events", type=int, default=15)
     parser.add_argument("--poll-ms", type=lambda s: [int(x) for x in s.split(",")], default=[100, 25],
                         help="SSE_POLL_INTERVAL_MS values to run with; the first (the default, 100) is charted")
