@@ -146,6 +146,47 @@ def post_worker_init(worker):
     lifecycle = extensions.get("agented_lifecycle")
     if lifecycle is not None:
         lifecycle.attach(lambda: worker.alive)
+    _notice_stops_promptly(worker, lifecycle)
+
+
+_STOP_CHECK_SECS = 0.1
+
+
+def _notice_stops_promptly(worker, lifecycle):
+    """Have the gevent worker's main loop check for a stop ten times a second.
+
+    Gunicorn's gevent worker sleeps a whole second between looks at worker.alive, so a stop
+    (SIGTERM from the master, or the master's death through PR_SET_PDEATHSIG) waited up to a
+    second before the worker drained and left, and the service manager restarts only after
+    every worker has left. The loop looks the module `gevent` up in gunicorn's ggevent module
+    at each turn; this gives it one whose sleep is at most _STOP_CHECK_SECS.
+
+    Once the loop sees the stop, the app ends its event streams at once and gets one more
+    short sleep to finish them: Gunicorn's drain then finds no open request, whereas an
+    orphaned worker would otherwise exit mid-stream at its first heartbeat.
+    """
+    try:
+        import gevent  # noqa: PLC0415 -- only in gevent workers, after their monkey-patching
+        from gunicorn.workers import ggevent  # noqa: PLC0415
+    except ImportError:
+        return
+
+    stop_seen = []
+
+    class _GeventWithShortSleeps:
+        def __getattr__(self, name):
+            return getattr(gevent, name)
+
+        @staticmethod
+        def sleep(seconds=0, ref=True):
+            gevent.sleep(min(seconds, _STOP_CHECK_SECS), ref)
+            if not worker.alive and lifecycle is not None and not stop_seen:
+                stop_seen.append(True)
+                lifecycle.stopped()
+                gevent.sleep(_STOP_CHECK_SECS, ref)
+
+    if getattr(ggevent, "gevent", None) is gevent:
+        ggevent.gevent = _GeventWithShortSleeps()
 
 
 def pre_request(worker, req):

@@ -192,11 +192,13 @@ def get_hub(app: Flask | None = None) -> Hub:
 
 def init_app(app: Flask) -> None:
     state = lifecycle.get(app)
-    app.extensions[EXTENSION] = Hub(
+    hub = Hub(
         app.config["AGENTED_DB_PATH"],
         app.config["SSE_POLL_INTERVAL_MS"] / 1000,
         lambda: state.stopping,
     )
+    state.when_stopping(hub.poke)  # the poller sees the stop and ends the streams at once
+    app.extensions[EXTENSION] = hub
 
 
 def parse_last_event_id(value: str | None) -> int | None:

@@ -23,6 +23,7 @@ def _always_alive() -> bool:
 class Lifecycle:
     def __init__(self) -> None:
         self._alive: Callable[[], bool] = _always_alive
+        self._on_stop: list[Callable[[], None]] = []
 
     def attach(self, alive: Callable[[], bool]) -> None:
         """Use ``alive()`` to learn whether the process still serves (e.g. lambda: worker.alive)."""
@@ -31,6 +32,15 @@ class Lifecycle:
     @property
     def stopping(self) -> bool:
         return not self._alive()
+
+    def when_stopping(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` from stopped() (e.g. wake a poller that watches ``stopping``)."""
+        self._on_stop.append(callback)
+
+    def stopped(self) -> None:
+        """The server saw its stop: act on it now rather than at the next poll."""
+        for callback in self._on_stop:
+            callback()
 
 
 def init_app(app: Flask) -> None:

@@ -149,8 +149,13 @@ def test_workers_leave_at_once_when_the_master_is_killed(gunicorn):
         assert time.monotonic() - killed < 0.8
         deadline = killed + 3
         while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert not any(alive(pid) for pid in workers)
+        # The service manager restarts only once every worker has left (gunicorn.conf.py
+        # checks for a stop ten times a second instead of Gunicorn's once a second).
+        gone = time.monotonic() - killed
+        print(f"workers gone {gone:.2f} s after SIGKILL of the master")
+        assert gone < 0.6
     finally:
         stream.close()
 
@@ -164,7 +169,7 @@ def test_stop_ends_event_streams_instead_of_waiting_for_the_graceful_timeout(gun
         stream.wait_for_end(timeout=3)
         assert stream.ended_cleanly
         assert server.wait(timeout=10) == 0
-        assert time.monotonic() - stopped < 5
+        assert time.monotonic() - stopped < 1.5
     finally:
         stream.close()
 
