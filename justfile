@@ -5,6 +5,10 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # Tools from tools/bootstrap come first, so `.venv/bin/just <recipe>` works without activating anything.
 export PATH := justfile_directory() / ".venv/bin" + ":" + env("PATH")
 
+# Molecule frames each command's output and wraps it at 80 columns, which breaks the tables of
+# measured restart times apart, in a terminal and in a CI log alike.
+export MOLECULE_COMMAND_BORDERS := "false"
+
 backend := justfile_directory() / "backend"
 
 # List the recipes.
