@@ -72,7 +72,12 @@ def machine() -> dict:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "backend", "roles", "playbooks"],
+                           capture_output=True, text=True).stdout.strip()
     return {
+        "commit": commit + (" (backend/roles/playbooks modified)" if dirty else ""),
         "cores": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout),
         "memory_mb": int(memory[1]),
         "cpu": model,

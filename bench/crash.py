@@ -4,13 +4,14 @@
 # ///
 """§1 Requests through a crash: steady load while the Gunicorn master is SIGKILLed.
 
-Converges a systemd test host with playbooks/site.yml, then, with socket activation on (the
-default) and off: 50 requests/s from inside the host to its own 127.0.0.1 while the master is
-SIGKILLed 10 times (each kill once the service has been ready for a second). Reports failed
-requests and kill-to-ready (SIGKILL to readiness 200 from a worker of the new master), with
+Converges a systemd test host with playbooks/site.yml, then, for each variant (socket activation on,
+the default; on with KillMode=control-group as a systemd drop-in, the proposal; the same with
+RestartSec=1; socket activation off): 50 requests/s from inside the host to its own 127.0.0.1 while
+the master is SIGKILLed 10 times (each kill once the service has been ready for a second). Reports
+failed requests and kill-to-ready (SIGKILL to readiness 200 from a worker of the new master), with
 where that time goes according to systemd's journal.
 
-    uv run bench/crash.py [--kills 10] [--rate 50] [--keep]
+    uv run bench/crash.py [--kills 10] [--rate 50] [--variants on,proposal,proposal-1s,off] [--keep]
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ HOST = "agented-bench-crash"
 LABELS = {
     "on": "socket activation on (default)",
     "off": "socket activation off",
-    "proposal": "socket activation on + proposal",
-    "proposal-1s": "socket activation on + proposal, RestartSec=1",
+    "proposal": "socket activation on + KillMode=control-group (proposal)",
+    "proposal-1s": "the same + RestartSec=1",
 }
 
 
-# The proposal (see docs/BENCHMARKS.md): on a crash systemd SIGTERMs the workers too, instead of
-# SIGKILLing them, and they stop within tens of milliseconds (bench/proposals/).
+# The proposal (see docs/BENCHMARKS.md): when the master dies, systemd SIGTERMs the workers, which
+# answer what they hold and leave, instead of SIGKILLing them (KillMode=mixed).
 PROPOSAL_DROP_IN = "/etc/systemd/system/agented.service.d/bench-proposal.conf"
 PROPOSAL_UNIT = "[Service]\nKillMode=control-group\n"
 
@@ -41,7 +42,6 @@ def measure(host: common.Host, variant: str, args) -> dict:
     socket_activation = variant != "off"
     proposal = variant.startswith("proposal")
     mode = variant
-    src = args.proposal_src if proposal else args.src
     inventory = common.write_inventory(directory / "inventory.json", [host.name])
     host.sh(f"rm -f {PROPOSAL_DROP_IN} && systemctl daemon-reload")
     if proposal:
@@ -54,7 +54,7 @@ def measure(host: common.Host, variant: str, args) -> dict:
     common.log(f"converging: {LABELS[variant]}")
     common.converge(inventory, directory / f"converge-{mode}.log",
                     {"agented_backend_socket_activation": socket_activation,
-                     "agented_backend_src": str(src),
+                     "agented_backend_src": str(args.src),
                      **({"agented_backend_restart_sec": 1} if variant == "proposal-1s" else {})})
     restart_sec = float(host.exec("systemctl", "show", "agented", "--property=RestartUSec",
                                   "--value").stdout.strip().rstrip("s") or 0)
@@ -181,9 +181,6 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the test host running")
     args = parser.parse_args()
     args.src = common.backend_copy()
-    args.proposal_src = common.backend_copy()
-    with open(args.proposal_src / "gunicorn.conf.py", "a") as conf:
-        conf.write((common.BENCH / "proposals" / "gunicorn_fast_stop.py").read_text())
     with common.Host(HOST, keep=args.keep) as host:
         runs = [measure(host, variant, args) for variant in args.variants.split(",")]
     chart(runs)
