@@ -145,6 +145,11 @@ def verdict(met: bool) -> str:
     return "**met**" if met else "**not met**"
 
 
+def goal(section: str, what: str, measured: str, met: bool | None) -> dict:
+    """One line of the summary at the top of docs/BENCHMARKS.md (met None: a figure, no goal)."""
+    return {"section": section, "goal": what, "measured": measured, "met": met}
+
+
 # --- charts -----------------------------------------------------------------------------------
 
 def pyplot():

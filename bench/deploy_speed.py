@@ -146,6 +146,28 @@ def tables(runs: list[dict], builds: dict) -> str:
     return text
 
 
+def summarize(runs: list[dict], builds: dict) -> list[dict]:
+    """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md."""
+    goals = []
+    for pipelining in (False, True):
+        noop = common.summary([r["seconds"] for r in runs if r["label"] == "no-op re-run" and r["pipelining"] == pipelining])
+        goals.append(common.goal("§5", f"no-op re-run < {GOAL_NOOP:g} s per host, "
+                                 + ("with pipelining (as SSH hosts get it)" if pipelining else "without pipelining"),
+                                 f"median {noop['median']:.1f} s, max {noop['max']:.1f} s", noop["max"] < GOAL_NOOP))
+    medians = {name: common.summary(values)["median"] for name, values in builds.items()}
+    ratio, ratio_bc = medians["pip-cold"] / medians["uv-cold"], medians["pip-cold"] / medians["uv-cold-bytecode"]
+    goals.append(common.goal("§5", f"uv ≥ {GOAL_RATIO:g}× faster than pip for the same lock (empty caches)",
+                             f"{ratio:.1f}× ({ratio_bc:.1f}× with --compile-bytecode, as the role builds)",
+                             min(ratio, ratio_bc) >= GOAL_RATIO))
+    first = next(r for r in runs if r["label"].startswith("first"))
+    change = [r for r in runs if r["label"].startswith("re-run after")]
+    goals.append(common.goal("§5", "first converge; re-run after a one-line change",
+                             f"{first['seconds']:.0f} s; " + " / ".join(
+                                 f"{r['seconds']:.0f} s{' (pipelining)' if r['pipelining'] else ''}" for r in change),
+                             None))
+    return goals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -155,7 +177,8 @@ def main() -> None:
         runs = converges(host)
         builds = venv_builds(host, args.rounds)
     chart(runs, builds)
-    common.save(NAME, {"goal": {"noop_seconds": GOAL_NOOP, "pip_over_uv": GOAL_RATIO},
+    goals = summarize(runs, builds)
+    common.save(NAME, {"goals": goals, "goal": {"noop_seconds": GOAL_NOOP, "pip_over_uv": GOAL_RATIO},
                        "converges": runs, "venv_builds": builds}, tables(runs, builds))
 
 

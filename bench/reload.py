@@ -119,6 +119,15 @@ def tables(runs: list[dict]) -> str:
                          "response p50", "p95", "max", "workers booted"], rows)
 
 
+def summarize(runs: list[dict]) -> list[dict]:
+    """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md."""
+    goals = [common.goal("§3", f"0 failed requests: {'5 × systemctl reload' if r['name'].startswith('reload') else 'redeploy'}"
+                         f", socket activation {r['name'].split('-')[1]}",
+                         f"{r['failed']} of {r['requests']} failed, slowest answer {r['latency']['max']:.2f} s",
+                         r["failed"] == 0) for r in runs]
+    return goals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=50)
@@ -142,7 +151,8 @@ def main() -> None:
             runs.append(redeploy_under_load(host, mode, args.rate, inventory,
                                             {**base, "agented_backend_src": str(releases[n + 1])}))
     chart(runs)
-    common.save(NAME, {"goal": {"failed": 0}, "load": {"rate": args.rate, "path": "/api/executions?limit=1"},
+    goals = summarize(runs)
+    common.save(NAME, {"goals": goals, "goal": {"failed": 0}, "load": {"rate": args.rate, "path": "/api/executions?limit=1"},
                        "runs": runs}, tables(runs))
 
 

@@ -49,6 +49,19 @@ def machine_block() -> str:
             + "\n".join(rows) + "\n")
 
 
+def summary_block() -> str:
+    rows = []
+    for name in NAMES:
+        path = RESULTS / name / "results.json"
+        if path.exists():
+            for goal in json.loads(path.read_text()).get("goals", []):
+                met = {True: "**met**", False: "**not met**", None: "(figure)"}[goal["met"]]
+                rows.append(f"| {goal['section']} | {goal['goal']} | {goal['measured']} | {met} |")
+    if not rows:
+        return ""
+    return "| | goal | measured | |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+
+
 def main() -> None:
     text = DOC.read_text()
     CHARTS.mkdir(parents=True, exist_ok=True)
@@ -61,6 +74,9 @@ def main() -> None:
         for chart in (RESULTS / name).glob("*.png"):
             shutil.copy(chart, CHARTS / chart.name)
         print(f"{name}: tables and charts copied")
+    summary = summary_block()
+    if summary:
+        text = replace(text, "summary", summary)
     machine = machine_block()
     if machine:
         text = replace(text, "machine", machine)

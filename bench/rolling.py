@@ -72,6 +72,19 @@ def tables(runs: dict, seconds: float, rc: int) -> str:
     return text
 
 
+def summarize(runs: dict, rc: int) -> list[dict]:
+    """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md."""
+    goals = []
+    for name, run in runs.items():
+        a = run["answering"]
+        what = ("rolling deploy, serial 1: ≥ 2 of 3 hosts answer at every moment" if name == "rolling-deploy"
+                else "a host failing its health gate stops the rollout; ≥ 2 of 3 answer throughout")
+        met = a["fewest_answering"] >= 2 and (name == "rolling-deploy" or run["deploy"]["rc"] != 0)
+        goals.append(common.goal("§6", what, f"fewest answering {a['fewest_answering']}; molecule exit {rc}",
+                                 met and rc == 0))
+    return goals
+
+
 def main() -> None:
     directory = common.results_dir(NAME)
     for old in directory.glob("*.json"):
@@ -88,7 +101,8 @@ def main() -> None:
         tail = "".join((directory / "molecule.log").read_text().splitlines(keepends=True)[-40:])
         raise SystemExit(f"molecule test -s rolling measured nothing (exit {rc}):\n{tail}")
     chart(runs)
-    common.save(NAME, {"molecule_exit": rc, "seconds": seconds,
+    goals = summarize(runs, rc)
+    common.save(NAME, {"goals": goals, "molecule_exit": rc, "seconds": seconds,
                        "runs": {n: {k: v for k, v in r.items() if k != "samples"} for n, r in runs.items()}},
                 tables(runs, seconds, rc))
     if rc:
