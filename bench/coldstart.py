@@ -144,7 +144,7 @@ def importtime(src: Path, runs: int = 5) -> tuple[list, list]:
 def chart(restart: list[tuple[str, dict]], first: list[tuple[str, dict]], directory: Path) -> None:
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.2))
-    for y, (title, rows) in enumerate([("restart (database exists)", restart), ("first start (migrations)", first)]):
+    for y, rows in enumerate([restart, first]):
         left = 0.0
         for i, (label, stats) in enumerate(rows):
             width = stats["median"] or 0.0

@@ -7,7 +7,8 @@
 On a fresh systemd test host: the wall time of the first converge, of three no-op re-runs, and of a
 re-run after a one-line change to the backend (a new release: copy, venv build, switch, restart,
 readiness); then the no-op and change re-runs again with Ansible's pipelining on, as SSH hosts get
-it from ansible.cfg (the bench reaches its host with `docker exec`, which ansible.cfg leaves unpipelined). Then, inside the same host, the backend's virtualenv built from uv.lock by
+it from ansible.cfg (the bench reaches its host with `docker exec`, which ansible.cfg leaves
+unpipelined). Then, inside the same host, the backend's virtualenv built from uv.lock by
 `uv sync --frozen --no-dev` and by `python3 -m venv` + `pip install -r` (requirements exported from
 the same lock by `uv export --no-dev --frozen`), with empty and with warm caches.
 
@@ -150,7 +151,8 @@ def summarize(runs: list[dict], builds: dict) -> list[dict]:
     """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md."""
     goals = []
     for pipelining in (False, True):
-        noop = common.summary([r["seconds"] for r in runs if r["label"] == "no-op re-run" and r["pipelining"] == pipelining])
+        noop = common.summary([r["seconds"] for r in runs
+                               if r["label"] == "no-op re-run" and r["pipelining"] == pipelining])
         goals.append(common.goal("§5", f"no-op re-run < {GOAL_NOOP:g} s per host, "
                                  + ("with pipelining (as SSH hosts get it)" if pipelining else "without pipelining"),
                                  f"median {noop['median']:.1f} s, max {noop['max']:.1f} s", noop["max"] < GOAL_NOOP))

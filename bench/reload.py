@@ -121,8 +121,9 @@ def tables(runs: list[dict]) -> str:
 
 def summarize(runs: list[dict]) -> list[dict]:
     """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md."""
-    goals = [common.goal("§3", f"0 failed requests: {'5 × systemctl reload' if r['name'].startswith('reload') else 'redeploy'}"
-                         f", socket activation {r['name'].split('-')[1]}",
+    goals = [common.goal("§3", "0 failed requests: "
+                         + ("5 × systemctl reload" if r["name"].startswith("reload") else "redeploy")
+                         + f", socket activation {r['name'].split('-')[1]}",
                          f"{r['failed']} of {r['requests']} failed, slowest answer {r['latency']['max']:.2f} s",
                          r["failed"] == 0) for r in runs]
     return goals
@@ -152,8 +153,8 @@ def main() -> None:
                                             {**base, "agented_backend_src": str(releases[n + 1])}))
     chart(runs)
     goals = summarize(runs)
-    common.save(NAME, {"goals": goals, "goal": {"failed": 0}, "load": {"rate": args.rate, "path": "/api/executions?limit=1"},
-                       "runs": runs}, tables(runs))
+    common.save(NAME, {"goals": goals, "goal": {"failed": 0},
+                       "load": {"rate": args.rate, "path": "/api/executions?limit=1"}, "runs": runs}, tables(runs))
 
 
 if __name__ == "__main__":

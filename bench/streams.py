@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import json
@@ -103,10 +104,8 @@ class Bench:
             sizes = rss_mb(self.master)
             self.samples.append({"t": time.monotonic() - start, "open": self.open, "phase": self.phase,
                                  "rss_total": sum(sizes.values()), "rss": sizes})
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
 
     async def stream(self, client: int, connected: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=None)
@@ -127,7 +126,7 @@ class Bench:
                             self.worker_of[client] = int(frame.rsplit(b" ", 1)[1])
                             self.open += 1
                             connected.set()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, OSError, TimeoutError):
             pass
         finally:
             if client in self.worker_of:
@@ -382,7 +381,8 @@ def summarize(results: list[dict]) -> list[dict]:
     for r in results:
         lat = r["latency"]
         goals.append(common.goal(
-            "§4", f"{r['clients']} streams, SSE_POLL_INTERVAL_MS={r['poll_ms']}: delivery p99 < {GOAL_P99 * 1000:.0f} ms",
+            "§4", f"{r['clients']} streams, SSE_POLL_INTERVAL_MS={r['poll_ms']}: "
+                  f"delivery p99 < {GOAL_P99 * 1000:.0f} ms",
             f"p50 {lat['median'] * 1000:.0f} ms, p95 {lat['p95'] * 1000:.0f} ms, p99 {lat['p99'] * 1000:.0f} ms, "
             f"{lat['missing']} missed", lat["p99"] < GOAL_P99 and lat["missing"] == 0))
     r = results[0]

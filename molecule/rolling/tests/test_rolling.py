@@ -104,7 +104,7 @@ def answering(samples: dict[str, list[tuple[float, float, bool]]]) -> dict:
         if timeline and timeline[-1][1] == count:
             continue
         timeline.append((when, count))
-    for (when, count), (following, _) in zip(timeline, [*timeline[1:], (end, None)]):
+    for (when, count), (following, _) in zip(timeline, [*timeline[1:], (end, None)], strict=True):
         if start <= when < end and count < MIN_ANSWERING:
             low.append((when, following, count))
     down = {}
