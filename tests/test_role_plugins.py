@@ -87,7 +87,7 @@ def test_listen_address_and_probe_url():
 def make_backend(path):
     for name in ("pyproject.toml", "uv.lock", "gunicorn.conf.py", ".env.example"):
         (path / name).write_text(name)
-    for name in ("app/__init__.py", "app/__pycache__/x.pyc", ".venv/bin/python", "tests/test_x.py", ".env", "agented.db"):
+    for name in ("app/__init__.py", "app/__pycache__/x.pyc", ".venv/bin/python", "tests/test_x.py", ".env", "agented.db", "gunicorn.log"):
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_text(name)
     return path

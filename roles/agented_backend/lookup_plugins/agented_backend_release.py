@@ -37,6 +37,7 @@ EXCLUDED = (
     ".hypothesis",
     ".env",
     ".secret_key",
+    "*.log",
     "*.db",
     "*.db-wal",
     "*.db-shm",
