@@ -339,3 +339,13 @@ def wait_http(port: int, path: str = "/health/readiness", timeout: float = 30.0,
             raise SystemExit(f"gunicorn exited with {process.returncode}")
         time.sleep(0.005)
     raise SystemExit(f"127.0.0.1:{port}{path} did not answer 200 within {timeout} s")
+
+
+def plot_requests(ax, records):
+    """Scatter the load client's records (sent at, seconds, status) on ax: answered ones, failures in red."""
+    ok = [(r[0], r[1]) for r in records if isinstance(r[2], int) and r[2] < 400]
+    bad = [(r[0], max(r[1], 0.001)) for r in records if not (isinstance(r[2], int) and r[2] < 400)]
+    ax.scatter([x for x, _ in ok], [y for _, y in ok], s=4, label="answered")
+    if bad:
+        ax.scatter([x for x, _ in bad], [y for _, y in bad], s=8, color="red", marker="x",
+                   label=f"failed ({len(bad)})")

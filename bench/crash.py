@@ -124,12 +124,7 @@ def chart(runs: list[dict]) -> None:
     for ax, run in zip(axes, runs, strict=True):
         mode = run["variant"]
         records = json.loads((common.results_dir(NAME) / f"load-{mode}.json").read_text())["records"]
-        ok = [(r[0], r[1]) for r in records if isinstance(r[2], int) and r[2] < 400]
-        bad = [(r[0], max(r[1], 0.001)) for r in records if not (isinstance(r[2], int) and r[2] < 400)]
-        ax.scatter([x for x, _ in ok], [y for _, y in ok], s=4, label="answered")
-        if bad:
-            ax.scatter([x for x, _ in bad], [y for _, y in bad], s=8, color="red", marker="x",
-                       label=f"failed ({len(bad)})")
+        common.plot_requests(ax, records)
         for i, kill in enumerate(run["kills"]):
             ax.axvline(kill["at"], color="grey", lw=0.8, ls="--", label="SIGKILL" if i == 0 else None)
         ax.set_yscale("log")

@@ -83,12 +83,7 @@ def chart(runs: list[dict]) -> None:
     fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.6 * len(runs)), squeeze=False)
     for ax, run in zip(axes[:, 0], runs, strict=True):
         records = json.loads((common.results_dir(NAME) / f"load-{run['name']}.json").read_text())["records"]
-        ok = [(r[0], r[1]) for r in records if isinstance(r[2], int) and r[2] < 400]
-        bad = [(r[0], max(r[1], 0.001)) for r in records if not (isinstance(r[2], int) and r[2] < 400)]
-        ax.scatter([x for x, _ in ok], [y for _, y in ok], s=4, label="answered")
-        if bad:
-            ax.scatter([x for x, _ in bad], [y for _, y in bad], s=8, color="red", marker="x",
-                       label=f"failed ({len(bad)})")
+        common.plot_requests(ax, records)
         for i, action in enumerate(a for a in run["actions"] if a["command"] != ["stop-file"]):
             ax.axvline(action["at"], color="grey", ls="--", lw=0.8, label="systemctl reload" if i == 0 else None)
         if "converge" in run:
