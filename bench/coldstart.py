@@ -63,20 +63,32 @@ def start_once(src: Path, state: Path, marks: Path) -> dict:
     """One start; returns the seconds from Popen to each mark of the first worker to serve."""
     marks.unlink(missing_ok=True)
     env = {
-        "PATH": os.environ["PATH"], "LANG": "C.UTF-8",
-        "GUNICORN_BIND": f"127.0.0.1:{PORT}", "GUNICORN_CONTROL_SOCKET": "off",
-        "AGENTED_DB_PATH": str(state / "agented.db"), "LOG_LEVEL": "warning",
-        "CORS_ALLOWED_ORIGINS": "http://127.0.0.1", "GITHUB_WEBHOOK_SECRET": common.WEBHOOK_SECRET,
-        "BENCH_MARKS": str(marks), "BENCH_GUNICORN_CONF": str(src / "gunicorn.conf.py"),
+        "PATH": os.environ["PATH"],
+        "LANG": "C.UTF-8",
+        "GUNICORN_BIND": f"127.0.0.1:{PORT}",
+        "GUNICORN_CONTROL_SOCKET": "off",
+        "AGENTED_DB_PATH": str(state / "agented.db"),
+        "LOG_LEVEL": "warning",
+        "CORS_ALLOWED_ORIGINS": "http://127.0.0.1",
+        "GITHUB_WEBHOOK_SECRET": common.WEBHOOK_SECRET,
+        "BENCH_MARKS": str(marks),
+        "BENCH_GUNICORN_CONF": str(src / "gunicorn.conf.py"),
     }
     gunicorn = common.BACKEND / ".venv" / "bin" / "gunicorn"
     start = time.monotonic()
-    process = subprocess.Popen([str(gunicorn), "-c", str(common.BENCH / "coldstart_hooks.py")],
-                               cwd=src, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [str(gunicorn), "-c", str(common.BENCH / "coldstart_hooks.py")],
+        cwd=src,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         while not ready():
             if process.poll() is not None:
-                raise SystemExit(f"gunicorn exited {process.returncode}: {process.stderr.read().decode()[-2000:]}")
+                raise SystemExit(
+                    f"gunicorn exited {process.returncode}: {process.stderr.read().decode()[-2000:]}"
+                )
             if time.monotonic() - start > 30:
                 raise SystemExit("gunicorn not ready after 30 s")
             time.sleep(0.005)
@@ -105,8 +117,10 @@ def breakdown(runs: list[dict]) -> list[tuple[str, dict]]:
     return rows
 
 
-MASTER_CODE = ("import runpy, gunicorn.app.wsgiapp, gunicorn.workers.ggevent; "
-               "runpy.run_path('gunicorn.conf.py')")
+MASTER_CODE = (
+    "import runpy, gunicorn.app.wsgiapp, gunicorn.workers.ggevent; "
+    "runpy.run_path('gunicorn.conf.py')"
+)
 WORKER_CODE = "from gevent import monkey; monkey.patch_all(); import app"
 MARKER = "--- fork ---"
 
@@ -120,8 +134,13 @@ def importtime(src: Path, runs: int = 5) -> tuple[list, list]:
     code = f"{MASTER_CODE}; import sys; print({MARKER!r}, file=sys.stderr); {WORKER_CODE}"
     samples = {"master": collections.defaultdict(list), "worker": collections.defaultdict(list)}
     for _ in range(runs):
-        out = subprocess.run([str(python), "-X", "importtime", "-c", code], cwd=src, capture_output=True,
-                             text=True, env={"PATH": os.environ["PATH"]}).stderr
+        out = subprocess.run(
+            [str(python), "-X", "importtime", "-c", code],
+            cwd=src,
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"]},
+        ).stderr
         master, _, worker = out.partition(MARKER)
         for side, text in (("master", master), ("worker", worker)):
             stack: list[str] = []
@@ -161,9 +180,15 @@ def chart(restart: list[tuple[str, dict]], first: list[tuple[str, dict]], direct
 
 def summarize(totals: dict) -> list[dict]:
     """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md."""
-    goals = [common.goal("§2", f"cold start to readiness 200 ≤ {GOAL} s (median of {s['n']}, {kind})",
-                         f"median {s['median']:.3f} s, p95 {s['p95']:.3f} s", s["median"] <= GOAL)
-             for kind, s in totals.items()]
+    goals = [
+        common.goal(
+            "§2",
+            f"cold start to readiness 200 ≤ {GOAL} s (median of {s['n']}, {kind})",
+            f"median {s['median']:.3f} s, p95 {s['p95']:.3f} s",
+            s["median"] <= GOAL,
+        )
+        for kind, s in totals.items()
+    ]
     return goals
 
 
@@ -197,30 +222,64 @@ def main() -> None:
 
     restart_steps, first_steps = breakdown(restarts), breakdown(firsts)
     chart(restart_steps, first_steps, directory)
-    totals = {"restart": common.summary(r["ready"] for r in restarts),
-              "first start": common.summary(r["ready"] for r in firsts)}
+    totals = {
+        "restart": common.summary(r["ready"] for r in restarts),
+        "first start": common.summary(r["ready"] for r in firsts),
+    }
     text = common.table(
         ["start", "runs", "median", "p95", "min", "max", f"goal ≤ {GOAL} s (median)"],
-        [[kind, s["n"], common.fmt(s["median"], " s", 3), common.fmt(s["p95"], " s", 3),
-          common.fmt(s["min"], " s", 3), common.fmt(s["max"], " s", 3), common.verdict(s["median"] <= GOAL)]
-         for kind, s in totals.items()])
+        [
+            [
+                kind,
+                s["n"],
+                common.fmt(s["median"], " s", 3),
+                common.fmt(s["p95"], " s", 3),
+                common.fmt(s["min"], " s", 3),
+                common.fmt(s["max"], " s", 3),
+                common.verdict(s["median"] <= GOAL),
+            ]
+            for kind, s in totals.items()
+        ],
+    )
     text += "\nWhere the time goes (median / p95 of each step, in the master, then the first worker to serve):\n\n"
     text += common.table(
         ["step", "restart", "first start"],
-        [[label, f"{common.fmt(a['median'] * 1000, ' ms', 0)} / {common.fmt(a['p95'] * 1000, ' ms', 0)}",
-          f"{common.fmt(b['median'] * 1000, ' ms', 0)} / {common.fmt(b['p95'] * 1000, ' ms', 0)}"]
-         for (label, a), (_, b) in zip(restart_steps, first_steps, strict=True)])
-    text += ("\nLargest imports (python -X importtime, cumulative, median of 5; `a › b`: b imported by a), "
-             "in the master (Gunicorn and gunicorn.conf.py):\n\n")
-    text += common.table(["import", "ms"], [[name, common.fmt(ms, "", 1)] for name, ms in master_imports[:8]])
-    text += ("\nand in a worker, after what it inherits from the master (gevent's monkey-patching, "
-             "then `import app`):\n\n")
-    text += common.table(["import", "ms"], [[name, common.fmt(ms, "", 1)] for name, ms in worker_imports[:8]])
+        [
+            [
+                label,
+                f"{common.fmt(a['median'] * 1000, ' ms', 0)} / {common.fmt(a['p95'] * 1000, ' ms', 0)}",
+                f"{common.fmt(b['median'] * 1000, ' ms', 0)} / {common.fmt(b['p95'] * 1000, ' ms', 0)}",
+            ]
+            for (label, a), (_, b) in zip(restart_steps, first_steps, strict=True)
+        ],
+    )
+    text += (
+        "\nLargest imports (python -X importtime, cumulative, median of 5; `a › b`: b imported by a), "
+        "in the master (Gunicorn and gunicorn.conf.py):\n\n"
+    )
+    text += common.table(
+        ["import", "ms"], [[name, common.fmt(ms, "", 1)] for name, ms in master_imports[:8]]
+    )
+    text += (
+        "\nand in a worker, after what it inherits from the master (gevent's monkey-patching, "
+        "then `import app`):\n\n"
+    )
+    text += common.table(
+        ["import", "ms"], [[name, common.fmt(ms, "", 1)] for name, ms in worker_imports[:8]]
+    )
     goals = summarize(totals)
-    common.save(NAME, {"goals": goals, "goal_seconds": GOAL, "totals": totals,
-                       "steps": {"restart": restart_steps, "first start": first_steps},
-                       "imports": {"master": master_imports, "worker": worker_imports},
-                       "runs": {"restart": restarts, "first start": firsts}}, text)
+    common.save(
+        NAME,
+        {
+            "goals": goals,
+            "goal_seconds": GOAL,
+            "totals": totals,
+            "steps": {"restart": restart_steps, "first start": first_steps},
+            "imports": {"master": master_imports, "worker": worker_imports},
+            "runs": {"restart": restarts, "first start": firsts},
+        },
+        text,
+    )
 
 
 if __name__ == "__main__":

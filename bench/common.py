@@ -33,11 +33,24 @@ IMAGE = "agented-molecule/debian:bookworm"
 
 # The settings molecule/default gives its hosts: systemd as PID 1 without --privileged.
 SYSTEMD_CONTAINER = [
-    "--cap-add", "SYS_ADMIN", "--cgroupns", "host",
-    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-    "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
-    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-    "--stop-signal", "SIGRTMIN+3",
+    "--cap-add",
+    "SYS_ADMIN",
+    "--cgroupns",
+    "host",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs",
+    "/run",
+    "--tmpfs",
+    "/run/lock",
+    "--tmpfs",
+    "/tmp",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+    "--stop-signal",
+    "SIGRTMIN+3",
 ]
 # The test hosts reach PyPI through a proxy that only this machine's CA bundle trusts.
 BUILD_ENVIRONMENT = {
@@ -53,6 +66,7 @@ PORT = 20000
 
 # --- results ----------------------------------------------------------------------------------
 
+
 def results_dir(name: str) -> Path:
     path = RESULTS / name
     path.mkdir(parents=True, exist_ok=True)
@@ -65,17 +79,23 @@ def load_average() -> list[float]:
 
 def machine() -> dict:
     """Cores, memory and load of this machine, as nproc, free and uptime report them."""
-    memory = subprocess.run(["free", "-m"], capture_output=True, text=True).stdout.split("\n")[1].split()
+    memory = (
+        subprocess.run(["free", "-m"], capture_output=True, text=True).stdout.split("\n")[1].split()
+    )
     model = ""
     with open("/proc/cpuinfo") as cpuinfo:
         for line in cpuinfo:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "backend", "roles", "playbooks"],
-                           capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "backend", "roles", "playbooks"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return {
         "commit": commit + (" (backend/roles/playbooks modified)" if dirty else ""),
         "cores": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout),
@@ -95,8 +115,10 @@ def save(name: str, results: dict, tables: str) -> None:
     (directory / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     start = " / ".join(str(x) for x in results["machine"]["load_average_at_start"])
     load = " / ".join(str(x) for x in results["machine"]["load_average"])
-    footer = (f"\n_Taken {results['machine']['date']}; load average (1/5/15 min) {start} at the start, "
-              f"{load} at the end._\n")
+    footer = (
+        f"\n_Taken {results['machine']['date']}; load average (1/5/15 min) {start} at the start, "
+        f"{load} at the end._\n"
+    )
     (directory / "tables.md").write_text(tables.rstrip() + "\n" + footer)
     print(tables)
     print(footer)
@@ -104,6 +126,7 @@ def save(name: str, results: dict, tables: str) -> None:
 
 
 # --- statistics and tables --------------------------------------------------------------------
+
 
 def percentile(values, p: float) -> float | None:
     """Linear interpolation between closest ranks (numpy's default); None for no values."""
@@ -152,21 +175,34 @@ def goal(section: str, what: str, measured: str, met: bool | None) -> dict:
 
 # --- charts -----------------------------------------------------------------------------------
 
+
 def pyplot():
     import matplotlib  # noqa: PLC0415 -- only the chart step needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    plt.rcParams.update({"figure.figsize": (9, 4), "figure.dpi": 100, "axes.grid": True,
-                         "grid.alpha": 0.3, "font.size": 9})
+    plt.rcParams.update(
+        {
+            "figure.figsize": (9, 4),
+            "figure.dpi": 100,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "font.size": 9,
+        }
+    )
     return plt
 
 
 # --- commands ---------------------------------------------------------------------------------
 
-def run(cmd, *, check=True, capture=True, env=None, timeout=None, cwd=None) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=capture, text=True, env=env, timeout=timeout, cwd=cwd)
+
+def run(
+    cmd, *, check=True, capture=True, env=None, timeout=None, cwd=None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        cmd, capture_output=capture, text=True, env=env, timeout=timeout, cwd=cwd
+    )
     if check and result.returncode != 0:
         output = ((result.stdout or "") + (result.stderr or ""))[-4000:]
         raise SystemExit(f"{shlex.join(map(str, cmd))} failed ({result.returncode}):\n{output}")
@@ -174,6 +210,7 @@ def run(cmd, *, check=True, capture=True, env=None, timeout=None, cwd=None) -> s
 
 
 # --- systemd test hosts -----------------------------------------------------------------------
+
 
 class Host:
     """A Docker container booting systemd, like molecule's hosts. Removed on leaving `with`,
@@ -198,8 +235,20 @@ class Host:
             return
         self.remove()
         run(["docker", "image", "inspect", self.image])  # molecule/images/build makes it
-        run(["docker", "run", "-d", "--name", self.name, "--hostname", self.name,
-             *SYSTEMD_CONTAINER, self.image, "/lib/systemd/systemd"])
+        run(
+            [
+                "docker",
+                "run",
+                "-d",
+                "--name",
+                self.name,
+                "--hostname",
+                self.name,
+                *SYSTEMD_CONTAINER,
+                self.image,
+                "/lib/systemd/systemd",
+            ]
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             state = self.sh("systemctl is-system-running", check=False).stdout.strip()
@@ -211,9 +260,14 @@ class Host:
     def remove(self) -> None:
         subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
 
-    def exec(self, *cmd: str, check=True, timeout=None, detach=False) -> subprocess.CompletedProcess:
-        return run(["docker", "exec", *(["-d"] if detach else []), self.name, *cmd],
-                   check=check, timeout=timeout)
+    def exec(
+        self, *cmd: str, check=True, timeout=None, detach=False
+    ) -> subprocess.CompletedProcess:
+        return run(
+            ["docker", "exec", *(["-d"] if detach else []), self.name, *cmd],
+            check=check,
+            timeout=timeout,
+        )
 
     def sh(self, script: str, check=True, timeout=None) -> subprocess.CompletedProcess:
         return self.exec("sh", "-c", script, check=check, timeout=timeout)
@@ -234,6 +288,7 @@ class Host:
 
 # --- converging with the role -----------------------------------------------------------------
 
+
 def write_inventory(path: Path, hosts: list[str], extra: dict | None = None) -> Path:
     """An inventory of the `agented` group reached with `docker exec`, with the bench's settings."""
     inventory = {
@@ -241,7 +296,10 @@ def write_inventory(path: Path, hosts: list[str], extra: dict | None = None) -> 
             "hosts": {name: {"ansible_connection": "community.docker.docker"} for name in hosts},
             "vars": {
                 "agented_backend_build_environment": BUILD_ENVIRONMENT,
-                "agented_backend_env": {"GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET, "SECRET_KEY": SECRET_KEY},
+                "agented_backend_env": {
+                    "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                    "SECRET_KEY": SECRET_KEY,
+                },
                 **(extra or {}),
             },
         }
@@ -250,23 +308,35 @@ def write_inventory(path: Path, hosts: list[str], extra: dict | None = None) -> 
     return path
 
 
-def converge(inventory: Path, log: Path, extra_vars: dict | None = None, check=True,
-             profile=False, pipelining=False) -> tuple[float, int]:
+def converge(
+    inventory: Path,
+    log: Path,
+    extra_vars: dict | None = None,
+    check=True,
+    profile=False,
+    pipelining=False,
+) -> tuple[float, int]:
     """ansible-playbook playbooks/site.yml as users run it; returns (wall seconds, return code).
     profile: add ansible.posix's profile_tasks callback (the slowest tasks at the end of the log).
     pipelining: ANSIBLE_PIPELINING=1 (ansible.cfg pipelines only the ssh connection, not docker's)."""
     cmd = [str(TOOLS / "ansible-playbook"), "-i", str(inventory), "playbooks/site.yml"]
     if extra_vars:
         cmd += ["--extra-vars", json.dumps(extra_vars)]
-    env = {**os.environ, "PATH": f"{TOOLS}:{os.environ['PATH']}", "ANSIBLE_FORCE_COLOR": "0",
-           "ANSIBLE_NOCOLOR": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{TOOLS}:{os.environ['PATH']}",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+    }
     if profile:
         env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
     if pipelining:
         env["ANSIBLE_PIPELINING"] = "1"
     start = time.monotonic()
     with open(log, "w") as stream:
-        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            cmd, cwd=ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT
+        ).returncode
     seconds = time.monotonic() - start
     if check and code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
@@ -280,7 +350,7 @@ def play_recap(log: Path) -> dict[str, dict[str, int]]:
     lines = log.read_text().splitlines()
     if "PLAY RECAP" not in "\n".join(lines):
         return recap
-    for line in lines[[i for i, x in enumerate(lines) if x.startswith("PLAY RECAP")][-1] + 1:]:
+    for line in lines[[i for i, x in enumerate(lines) if x.startswith("PLAY RECAP")][-1] + 1 :]:
         if ":" not in line or "=" not in line:
             continue
         host, counts = line.split(":", 1)
@@ -293,9 +363,22 @@ def backend_copy(change: str | None = None) -> Path:
     line appended to app/__init__.py, so it hashes to a new release."""
     target = Path(tempfile.mkdtemp(prefix="agented-bench-backend-")) / "backend"
     atexit.register(shutil.rmtree, target.parent, True)
-    shutil.copytree(BACKEND, target, ignore=shutil.ignore_patterns(
-        ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".env", "*.db*",
-        ".secret_key", "gunicorn.log", "tests"))
+    shutil.copytree(
+        BACKEND,
+        target,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            "__pycache__",
+            ".pytest_cache",
+            ".hypothesis",
+            ".ruff_cache",
+            ".env",
+            "*.db*",
+            ".secret_key",
+            "gunicorn.log",
+            "tests",
+        ),
+    )
     if change is not None:
         with open(target / "app" / "__init__.py", "a") as stream:
             stream.write(change + "\n")
@@ -308,19 +391,26 @@ def log(message: str) -> None:
 
 # --- a local Gunicorn on loopback -------------------------------------------------------------
 
+
 def local_env(port: int, state: Path, **extra: str) -> dict:
     """The environment of a local Gunicorn: loopback only, its own database, no control socket.
     Run it from a backend_copy(), which has no .env, so only these values and the defaults count."""
     return {
-        "PATH": os.environ["PATH"], "LANG": "C.UTF-8",
-        "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_CONTROL_SOCKET": "off",
-        "AGENTED_DB_PATH": str(state / "agented.db"), "LOG_LEVEL": "warning",
-        "CORS_ALLOWED_ORIGINS": "http://127.0.0.1", "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PATH": os.environ["PATH"],
+        "LANG": "C.UTF-8",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_CONTROL_SOCKET": "off",
+        "AGENTED_DB_PATH": str(state / "agented.db"),
+        "LOG_LEVEL": "warning",
+        "CORS_ALLOWED_ORIGINS": "http://127.0.0.1",
+        "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
         **extra,
     }
 
 
-def wait_http(port: int, path: str = "/health/readiness", timeout: float = 30.0, process=None) -> float:
+def wait_http(
+    port: int, path: str = "/health/readiness", timeout: float = 30.0, process=None
+) -> float:
     """Seconds until GET path on 127.0.0.1:port answers 200."""
     import http.client  # noqa: PLC0415
 
@@ -347,5 +437,11 @@ def plot_requests(ax, records):
     bad = [(r[0], max(r[1], 0.001)) for r in records if not (isinstance(r[2], int) and r[2] < 400)]
     ax.scatter([x for x, _ in ok], [y for _, y in ok], s=4, label="answered")
     if bad:
-        ax.scatter([x for x, _ in bad], [y for _, y in bad], s=8, color="red", marker="x",
-                   label=f"failed ({len(bad)})")
+        ax.scatter(
+            [x for x, _ in bad],
+            [y for _, y in bad],
+            s=8,
+            color="red",
+            marker="x",
+            label=f"failed ({len(bad)})",
+        )

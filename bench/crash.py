@@ -45,29 +45,56 @@ def measure(host: common.Host, variant: str, args) -> dict:
     inventory = common.write_inventory(directory / "inventory.json", [host.name])
     host.sh(f"rm -f {PROPOSAL_DROP_IN} && systemctl daemon-reload")
     if proposal:
-        host.sh(f"mkdir -p $(dirname {PROPOSAL_DROP_IN}) && printf '{PROPOSAL_UNIT}' > {PROPOSAL_DROP_IN}"
-                " && systemctl daemon-reload")
-    if socket_activation and host.exec("systemctl", "is-active", "agented.socket", check=False).returncode:
+        host.sh(
+            f"mkdir -p $(dirname {PROPOSAL_DROP_IN}) && printf '{PROPOSAL_UNIT}' > {PROPOSAL_DROP_IN}"
+            " && systemctl daemon-reload"
+        )
+    if (
+        socket_activation
+        and host.exec("systemctl", "is-active", "agented.socket", check=False).returncode
+    ):
         # The role cannot switch a running service to socket activation yet: the socket refuses to
         # start while agented.service holds the port (see docs/BENCHMARKS.md).
         host.exec("systemctl", "stop", "agented.service", check=False)
     common.log(f"converging: {LABELS[variant]}")
-    common.converge(inventory, directory / f"converge-{mode}.log",
-                    {"agented_backend_socket_activation": socket_activation,
-                     "agented_backend_src": str(args.src),
-                     **({"agented_backend_restart_sec": 1} if variant == "proposal-1s" else {})})
-    restart_sec = float(host.exec("systemctl", "show", "agented", "--property=RestartUSec",
-                                  "--value").stdout.strip().rstrip("s") or 0)
+    common.converge(
+        inventory,
+        directory / f"converge-{mode}.log",
+        {
+            "agented_backend_socket_activation": socket_activation,
+            "agented_backend_src": str(args.src),
+            **({"agented_backend_restart_sec": 1} if variant == "proposal-1s" else {}),
+        },
+    )
+    restart_sec = float(
+        host.exec("systemctl", "show", "agented", "--property=RestartUSec", "--value")
+        .stdout.strip()
+        .rstrip("s")
+        or 0
+    )
     # Each run starts with a clean start-limit counter: 10 kills are 10 starts within a minute.
     host.exec("systemctl", "reset-failed", "agented")
     common.log(f"{args.kills} SIGKILLs under {args.rate:g} requests/s")
-    summary = host.inhost("load.py", "--rate", str(args.rate), "--seconds", "300",
-                          "--kills", str(args.kills), "--settle", "1", "--out", "/root/load.json",
-                          timeout=400)
+    summary = host.inhost(
+        "load.py",
+        "--rate",
+        str(args.rate),
+        "--seconds",
+        "300",
+        "--kills",
+        str(args.kills),
+        "--settle",
+        "1",
+        "--out",
+        "/root/load.json",
+        timeout=400,
+    )
     host.get("/root/load.json", directory / f"load-{mode}.json")
     records = json.loads((directory / f"load-{mode}.json").read_text())["records"]
     seconds = [k["seconds"] for k in summary["kills"] if k["seconds"] is not None]
-    first_answers = [k["breakdown"]["first_answer"] for k in summary["kills"] if first_answer(k, records)]
+    first_answers = [
+        k["breakdown"]["first_answer"] for k in summary["kills"] if first_answer(k, records)
+    ]
     return {
         "variant": variant,
         "label": LABELS[variant],
@@ -91,7 +118,9 @@ def first_answer(kill: dict, records: list) -> float | None:
     ready = kill["breakdown"].get("new_master_ready")
     if ready is None:
         return None
-    done = [r[0] + r[1] for r in records if isinstance(r[2], int) and r[0] + r[1] > kill["at"] + ready]
+    done = [
+        r[0] + r[1] for r in records if isinstance(r[2], int) and r[0] + r[1] > kill["at"] + ready
+    ]
     if not done:
         return None
     kill["breakdown"]["first_answer"] = min(done) - kill["at"]
@@ -100,10 +129,13 @@ def first_answer(kill: dict, records: list) -> float | None:
 
 def phases(kills: list[dict]) -> dict:
     """Median seconds of each step of a kill-to-ready, from the journal marks and the load's answers."""
-    steps = {"old processes gone": ("", "stopped"), "RestartSec wait": ("stopped", "restart_scheduled"),
-             "new master up (READY=1)": ("restart_scheduled", "new_master_ready"),
-             "a worker boots, first request answered": ("new_master_ready", "first_answer"),
-             "queued requests served, readiness 200": ("first_answer", "")}
+    steps = {
+        "old processes gone": ("", "stopped"),
+        "RestartSec wait": ("stopped", "restart_scheduled"),
+        "new master up (READY=1)": ("restart_scheduled", "new_master_ready"),
+        "a worker boots, first request answered": ("new_master_ready", "first_answer"),
+        "queued requests served, readiness 200": ("first_answer", ""),
+    }
     out = {}
     for label, (first, last) in steps.items():
         values = []
@@ -123,10 +155,14 @@ def chart(runs: list[dict]) -> None:
     axes = axes[:, 0]
     for ax, run in zip(axes, runs, strict=True):
         mode = run["variant"]
-        records = json.loads((common.results_dir(NAME) / f"load-{mode}.json").read_text())["records"]
+        records = json.loads((common.results_dir(NAME) / f"load-{mode}.json").read_text())[
+            "records"
+        ]
         common.plot_requests(ax, records)
         for i, kill in enumerate(run["kills"]):
-            ax.axvline(kill["at"], color="grey", lw=0.8, ls="--", label="SIGKILL" if i == 0 else None)
+            ax.axvline(
+                kill["at"], color="grey", lw=0.8, ls="--", label="SIGKILL" if i == 0 else None
+            )
         ax.set_yscale("log")
         ax.set_ylabel("response time (s)")
         ax.set_title(f"{run['label']}: {run['failed']} of {run['requests']} requests failed")
@@ -141,28 +177,58 @@ def tables(runs: list[dict]) -> str:
     for run in runs:
         k = run["kill_to_ready"]
         goal = run["restart_sec"] + 0.5
-        rows.append([
-            run["label"], len(run["kills"]),
-            f"{run['requests']} in {run['duration']:.0f} s", run["failed"],
-            common.verdict(run["failed"] == 0),
-            common.fmt(k["median"], " s"), common.fmt(k["p95"], " s"), common.fmt(k["max"], " s"),
-            f"≤ {goal:g} s: " + common.verdict(k["p95"] is not None and k["p95"] <= goal),
-            f"{common.fmt(run['kill_to_first_answer']['median'], ' s')} / "
-            f"{common.fmt(run['kill_to_first_answer']['p95'], ' s')}",
-        ])
-    text = common.table(["variant", "kills", "requests", "failed", "goal 0",
-                         "kill-to-ready p50", "p95", "max", "goal RestartSec + 0.5 s (p95)",
-                         "kill to first answer p50 / p95"], rows)
+        rows.append(
+            [
+                run["label"],
+                len(run["kills"]),
+                f"{run['requests']} in {run['duration']:.0f} s",
+                run["failed"],
+                common.verdict(run["failed"] == 0),
+                common.fmt(k["median"], " s"),
+                common.fmt(k["p95"], " s"),
+                common.fmt(k["max"], " s"),
+                f"≤ {goal:g} s: " + common.verdict(k["p95"] is not None and k["p95"] <= goal),
+                f"{common.fmt(run['kill_to_first_answer']['median'], ' s')} / "
+                f"{common.fmt(run['kill_to_first_answer']['p95'], ' s')}",
+            ]
+        )
+    text = common.table(
+        [
+            "variant",
+            "kills",
+            "requests",
+            "failed",
+            "goal 0",
+            "kill-to-ready p50",
+            "p95",
+            "max",
+            "goal RestartSec + 0.5 s (p95)",
+            "kill to first answer p50 / p95",
+        ],
+        rows,
+    )
     text += "\nWhere kill-to-ready goes (median / p95 of each step, from systemd's journal):\n\n"
     labels = list(runs[0]["phases"])
-    rows = [[label] + [f"{common.fmt(run['phases'][label]['median'], ' s')} / "
-                       f"{common.fmt(run['phases'][label]['p95'], ' s')}" for run in runs]
-            for label in labels]
+    rows = [
+        [label]
+        + [
+            f"{common.fmt(run['phases'][label]['median'], ' s')} / "
+            f"{common.fmt(run['phases'][label]['p95'], ' s')}"
+            for run in runs
+        ]
+        for label in labels
+    ]
     text += common.table(["step"] + [r["label"] for r in runs], rows)
     text += "\nResponse time of the requests that were answered:\n\n"
-    rows = [[r["label"], common.fmt(r["latency"]["median"] * 1000, " ms", 1),
-             common.fmt(r["latency"]["p95"] * 1000, " ms", 1), common.fmt(r["latency"]["max"], " s")]
-            for r in runs]
+    rows = [
+        [
+            r["label"],
+            common.fmt(r["latency"]["median"] * 1000, " ms", 1),
+            common.fmt(r["latency"]["p95"] * 1000, " ms", 1),
+            common.fmt(r["latency"]["max"], " s"),
+        ]
+        for r in runs
+    ]
     text += common.table(["variant", "p50", "p95", "max"], rows)
     return text
 
@@ -173,13 +239,23 @@ def summarize(runs: list[dict]) -> list[dict]:
     for run in runs:
         k, first = run["kill_to_ready"], run["kill_to_first_answer"]
         limit = run["restart_sec"] + 0.5
-        goals.append(common.goal("§1", f"{run['label']}: 0 failed requests through {len(run['kills'])} SIGKILLs",
-                                 f"{run['failed']} of {run['requests']} failed", run["failed"] == 0))
-        goals.append(common.goal(
-            "§1", f"{run['label']}: kill-to-ready ≤ RestartSec + 0.5 s = {limit:g} s (p95)",
-            f"p50 {common.fmt(k['median'], ' s')}, p95 {common.fmt(k['p95'], ' s')} (first answer "
-            f"p50 {common.fmt(first['median'], ' s')}, p95 {common.fmt(first['p95'], ' s')})",
-            k["p95"] is not None and k["p95"] <= limit))
+        goals.append(
+            common.goal(
+                "§1",
+                f"{run['label']}: 0 failed requests through {len(run['kills'])} SIGKILLs",
+                f"{run['failed']} of {run['requests']} failed",
+                run["failed"] == 0,
+            )
+        )
+        goals.append(
+            common.goal(
+                "§1",
+                f"{run['label']}: kill-to-ready ≤ RestartSec + 0.5 s = {limit:g} s (p95)",
+                f"p50 {common.fmt(k['median'], ' s')}, p95 {common.fmt(k['p95'], ' s')} (first answer "
+                f"p50 {common.fmt(first['median'], ' s')}, p95 {common.fmt(first['p95'], ' s')})",
+                k["p95"] is not None and k["p95"] <= limit,
+            )
+        )
     return goals
 
 
@@ -187,8 +263,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--rate", type=float, default=50)
-    parser.add_argument("--variants", default="on,proposal,proposal-1s,off",
-                        help="comma-separated, of: " + ", ".join(f"{k} ({v})" for k, v in LABELS.items()))
+    parser.add_argument(
+        "--variants",
+        default="on,proposal,proposal-1s,off",
+        help="comma-separated, of: " + ", ".join(f"{k} ({v})" for k, v in LABELS.items()),
+    )
     parser.add_argument("--keep", action="store_true", help="leave the test host running")
     args = parser.parse_args()
     args.src = common.backend_copy()
@@ -196,9 +275,16 @@ def main() -> None:
         runs = [measure(host, variant, args) for variant in args.variants.split(",")]
     chart(runs)
     goals = summarize(runs)
-    common.save(NAME, {"goals": goals, "goal": {"failed": 0, "kill_to_ready": "RestartSec + 0.5 s"},
-                       "load": {"rate": args.rate, "kills": args.kills, "path": "/api/executions?limit=1"},
-                       "runs": runs}, tables(runs))
+    common.save(
+        NAME,
+        {
+            "goals": goals,
+            "goal": {"failed": 0, "kill_to_ready": "RestartSec + 0.5 s"},
+            "load": {"rate": args.rate, "kills": args.kills, "path": "/api/executions?limit=1"},
+            "runs": runs,
+        },
+        tables(runs),
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,10 @@ def converges(host: common.Host) -> list[dict]:
     directory = common.results_dir(NAME)
     inventory = common.write_inventory(directory / "inventory.json", [host.name])
     release = common.backend_copy()
-    changes = [common.backend_copy("# one-line change"), common.backend_copy("# another one-line change")]
+    changes = [
+        common.backend_copy("# one-line change"),
+        common.backend_copy("# another one-line change"),
+    ]
     plan = [("first converge of a fresh host", release, False)]
     plan += [("no-op re-run", release, False)] * 3
     plan += [("re-run after a one-line backend change", changes[0], False)]
@@ -51,11 +54,20 @@ def converges(host: common.Host) -> list[dict]:
     for i, (label, src, pipelining) in enumerate(plan):
         common.log(f"{label}{', pipelining' if pipelining else ''}")
         path = directory / f"converge-{i}.log"
-        seconds, _ = common.converge(inventory, path, {"agented_backend_src": str(src)}, profile=True,
-                                     pipelining=pipelining)
+        seconds, _ = common.converge(
+            inventory, path, {"agented_backend_src": str(src)}, profile=True, pipelining=pipelining
+        )
         recap = common.play_recap(path).get(host.name, {})
-        runs.append({"label": label, "pipelining": pipelining, "seconds": seconds,
-                     "changed": recap.get("changed"), "ok": recap.get("ok"), "tasks": timings(path)})
+        runs.append(
+            {
+                "label": label,
+                "pipelining": pipelining,
+                "seconds": seconds,
+                "changed": recap.get("changed"),
+                "ok": recap.get("ok"),
+                "tasks": timings(path),
+            }
+        )
         common.log(f"{seconds:.1f} s, changed={recap.get('changed')}")
     return runs
 
@@ -66,7 +78,11 @@ def timings(log) -> list:
     rows = []
     for line in lines:
         # e.g. "agented_backend : Build the virtualenv from uv.lock ---------- 12.34s"
-        if line.rstrip().endswith("s") and " -" in line and line.split()[-1][:-1].replace(".", "").isdigit():
+        if (
+            line.rstrip().endswith("s")
+            and " -" in line
+            and line.split()[-1][:-1].replace(".", "").isdigit()
+        ):
             name = line.rsplit(" -", 1)[0].strip()
             rows.append((name, float(line.split()[-1][:-1])))
     return rows[:8]
@@ -75,8 +91,18 @@ def timings(log) -> list:
 def venv_builds(host: common.Host, rounds: int) -> dict:
     common.log(f"uv against pip, {rounds} rounds")
     directory = common.results_dir(NAME)
-    requirements = common.run([str(common.TOOLS / "uv"), "export", "--no-dev", "--frozen", "--format",
-                               "requirements-txt", "--quiet"], cwd=common.BACKEND).stdout
+    requirements = common.run(
+        [
+            str(common.TOOLS / "uv"),
+            "export",
+            "--no-dev",
+            "--frozen",
+            "--format",
+            "requirements-txt",
+            "--quiet",
+        ],
+        cwd=common.BACKEND,
+    ).stdout
     (directory / "requirements.txt").write_text(requirements)
     host.exec("mkdir", "-p", "/root/lock")
     for name in ("pyproject.toml", "uv.lock"):
@@ -84,19 +110,29 @@ def venv_builds(host: common.Host, rounds: int) -> dict:
     host.put(directory / "requirements.txt", "/root/lock/requirements.txt")
     env = " ".join(f"{k}={v}" for k, v in common.BUILD_ENVIRONMENT.items())
     host.put(common.BENCH / "inhost" / "venvbuild.py", "/root/venvbuild.py")
-    out = host.sh(f"env {env} python3 /root/venvbuild.py /opt/agented/uv/bin/uv /root/lock "
-                  f"/root/lock/requirements.txt {rounds}", timeout=1800).stdout
+    out = host.sh(
+        f"env {env} python3 /root/venvbuild.py /opt/agented/uv/bin/uv /root/lock "
+        f"/root/lock/requirements.txt {rounds}",
+        timeout=1800,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def chart(runs: list[dict], builds: dict) -> None:
     plt = common.pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    short = {"first converge of a fresh host": "first", "no-op re-run": "no-op",
-             "re-run after a one-line backend change": "change"}
+    short = {
+        "first converge of a fresh host": "first",
+        "no-op re-run": "no-op",
+        "re-run after a one-line backend change": "change",
+    }
     labels = [short[r["label"]] + (" (pipelining)" if r["pipelining"] else "") for r in runs]
     colors = {"first": "tab:blue", "no-op": "tab:green", "change": "tab:orange"}
-    left.bar(range(len(runs)), [r["seconds"] for r in runs], color=[colors[short[r["label"]]] for r in runs])
+    left.bar(
+        range(len(runs)),
+        [r["seconds"] for r in runs],
+        color=[colors[short[r["label"]]] for r in runs],
+    )
     left.set_xticks(range(len(runs)), labels, rotation=35, ha="right", fontsize=7)
     left.axhline(GOAL_NOOP, color="red", ls="--", lw=1, label=f"goal no-op < {GOAL_NOOP:g} s")
     left.set_ylabel("seconds (wall)")
@@ -104,7 +140,9 @@ def chart(runs: list[dict], builds: dict) -> None:
     left.legend(fontsize=8)
     names = list(builds)
     medians = [common.summary(builds[n])["median"] for n in names]
-    right.bar(names, medians, color=["tab:purple" if n.startswith("uv") else "tab:grey" for n in names])
+    right.bar(
+        names, medians, color=["tab:purple" if n.startswith("uv") else "tab:grey" for n in names]
+    )
     right.set_ylabel("seconds (median)")
     right.set_title("virtualenv from the same lock")
     right.tick_params(axis="x", labelsize=7)
@@ -115,7 +153,11 @@ def chart(runs: list[dict], builds: dict) -> None:
 def tables(runs: list[dict], builds: dict) -> str:
     rows = []
     for pipelining in (False, True):
-        for label in ("first converge of a fresh host", "no-op re-run", "re-run after a one-line backend change"):
+        for label in (
+            "first converge of a fresh host",
+            "no-op re-run",
+            "re-run after a one-line backend change",
+        ):
             chosen = [r for r in runs if r["label"] == label and r["pipelining"] == pipelining]
             if not chosen:
                 continue
@@ -123,27 +165,60 @@ def tables(runs: list[dict], builds: dict) -> str:
             goal = ""
             if label == "no-op re-run":
                 goal = f"< {GOAL_NOOP:g} s: " + common.verdict(s["max"] < GOAL_NOOP)
-            rows.append([label, "yes" if pipelining else "no (as ansible.cfg has it)", s["n"],
-                         common.fmt(s["median"], " s", 1), common.fmt(s["max"], " s", 1),
-                         "/".join(str(r["changed"]) for r in chosen), goal])
-    text = common.table(["run of playbooks/site.yml", "pipelining", "runs", "median", "max", "tasks changed",
-                         "goal"], rows)
+            rows.append(
+                [
+                    label,
+                    "yes" if pipelining else "no (as ansible.cfg has it)",
+                    s["n"],
+                    common.fmt(s["median"], " s", 1),
+                    common.fmt(s["max"], " s", 1),
+                    "/".join(str(r["changed"]) for r in chosen),
+                    goal,
+                ]
+            )
+    text = common.table(
+        [
+            "run of playbooks/site.yml",
+            "pipelining",
+            "runs",
+            "median",
+            "max",
+            "tasks changed",
+            "goal",
+        ],
+        rows,
+    )
     slowest = collections.Counter()
     for r in runs:
         if r["label"] == "re-run after a one-line backend change" and not r["pipelining"]:
             slowest.update(dict(r["tasks"][:4]))
-    text += "\nSlowest tasks of the re-run after a change (profile_tasks): " + ", ".join(
-        f"{name.split(' : ', 1)[-1]} {seconds:.1f} s" for name, seconds in slowest.most_common(4)) + ".\n\n"
+    text += (
+        "\nSlowest tasks of the re-run after a change (profile_tasks): "
+        + ", ".join(
+            f"{name.split(' : ', 1)[-1]} {seconds:.1f} s"
+            for name, seconds in slowest.most_common(4)
+        )
+        + ".\n\n"
+    )
     stats = {name: common.summary(values) for name, values in builds.items()}
-    rows = [[BUILDS[name], len(values), common.fmt(stats[name]["median"], " s", 2),
-             common.fmt(stats[name]["p95"], " s", 2)] for name, values in builds.items()]
+    rows = [
+        [
+            BUILDS[name],
+            len(values),
+            common.fmt(stats[name]["median"], " s", 2),
+            common.fmt(stats[name]["p95"], " s", 2),
+        ]
+        for name, values in builds.items()
+    ]
     text += common.table(["virtualenv build", "runs", "median", "p95"], rows)
     cold = stats["pip-cold"]["median"] / stats["uv-cold"]["median"]
     cold_bc = stats["pip-cold"]["median"] / stats["uv-cold-bytecode"]["median"]
     warm = stats["pip-warm"]["median"] / stats["uv-warm"]["median"]
-    text += (f"\npip ÷ uv, empty caches: **{cold:.1f}×** (uv with --compile-bytecode, as the role builds: "
-             f"{cold_bc:.1f}×); warm caches: {warm:.1f}×. Goal ≥ {GOAL_RATIO:g}×: "
-             f"{common.verdict(min(cold, cold_bc) >= GOAL_RATIO)}.\n")
+    text += (
+        f"\npip ÷ uv, empty caches: **{cold:.1f}×** (uv with --compile-bytecode, as the role builds: "
+        f"{cold_bc:.1f}×); warm caches: {warm:.1f}×. Goal ≥ {GOAL_RATIO:g}×: "
+        f"{common.verdict(min(cold, cold_bc) >= GOAL_RATIO)}.\n"
+    )
     return text
 
 
@@ -151,22 +226,48 @@ def summarize(runs: list[dict], builds: dict) -> list[dict]:
     """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md."""
     goals = []
     for pipelining in (False, True):
-        noop = common.summary([r["seconds"] for r in runs
-                               if r["label"] == "no-op re-run" and r["pipelining"] == pipelining])
-        goals.append(common.goal("§5", f"no-op re-run < {GOAL_NOOP:g} s per host, "
-                                 + ("with pipelining (as SSH hosts get it)" if pipelining else "without pipelining"),
-                                 f"median {noop['median']:.1f} s, max {noop['max']:.1f} s", noop["max"] < GOAL_NOOP))
+        noop = common.summary(
+            [
+                r["seconds"]
+                for r in runs
+                if r["label"] == "no-op re-run" and r["pipelining"] == pipelining
+            ]
+        )
+        goals.append(
+            common.goal(
+                "§5",
+                f"no-op re-run < {GOAL_NOOP:g} s per host, "
+                + ("with pipelining (as SSH hosts get it)" if pipelining else "without pipelining"),
+                f"median {noop['median']:.1f} s, max {noop['max']:.1f} s",
+                noop["max"] < GOAL_NOOP,
+            )
+        )
     medians = {name: common.summary(values)["median"] for name, values in builds.items()}
-    ratio, ratio_bc = medians["pip-cold"] / medians["uv-cold"], medians["pip-cold"] / medians["uv-cold-bytecode"]
-    goals.append(common.goal("§5", f"uv ≥ {GOAL_RATIO:g}× faster than pip for the same lock (empty caches)",
-                             f"{ratio:.1f}× ({ratio_bc:.1f}× with --compile-bytecode, as the role builds)",
-                             min(ratio, ratio_bc) >= GOAL_RATIO))
+    ratio, ratio_bc = (
+        medians["pip-cold"] / medians["uv-cold"],
+        medians["pip-cold"] / medians["uv-cold-bytecode"],
+    )
+    goals.append(
+        common.goal(
+            "§5",
+            f"uv ≥ {GOAL_RATIO:g}× faster than pip for the same lock (empty caches)",
+            f"{ratio:.1f}× ({ratio_bc:.1f}× with --compile-bytecode, as the role builds)",
+            min(ratio, ratio_bc) >= GOAL_RATIO,
+        )
+    )
     first = next(r for r in runs if r["label"].startswith("first"))
     change = [r for r in runs if r["label"].startswith("re-run after")]
-    goals.append(common.goal("§5", "first converge; re-run after a one-line change",
-                             f"{first['seconds']:.0f} s; " + " / ".join(
-                                 f"{r['seconds']:.0f} s{' (pipelining)' if r['pipelining'] else ''}" for r in change),
-                             None))
+    goals.append(
+        common.goal(
+            "§5",
+            "first converge; re-run after a one-line change",
+            f"{first['seconds']:.0f} s; "
+            + " / ".join(
+                f"{r['seconds']:.0f} s{' (pipelining)' if r['pipelining'] else ''}" for r in change
+            ),
+            None,
+        )
+    )
     return goals
 
 
@@ -180,8 +281,16 @@ def main() -> None:
         builds = venv_builds(host, args.rounds)
     chart(runs, builds)
     goals = summarize(runs, builds)
-    common.save(NAME, {"goals": goals, "goal": {"noop_seconds": GOAL_NOOP, "pip_over_uv": GOAL_RATIO},
-                       "converges": runs, "venv_builds": builds}, tables(runs, builds))
+    common.save(
+        NAME,
+        {
+            "goals": goals,
+            "goal": {"noop_seconds": GOAL_NOOP, "pip_over_uv": GOAL_RATIO},
+            "converges": runs,
+            "venv_builds": builds,
+        },
+        tables(runs, builds),
+    )
 
 
 if __name__ == "__main__":

@@ -33,19 +33,49 @@ RELOADS = 5
 
 def reload_under_load(host: common.Host, mode: str, rate: float) -> dict:
     common.log(f"{RELOADS} reloads under {rate:g} requests/s (socket activation {mode})")
-    summary = host.inhost("load.py", "--rate", str(rate), "--seconds", "120", "--out", "/root/load.json",
-                          "--action-at", "3", "--repeat", str(RELOADS), "--every", "4",
-                          "--", "systemctl", "reload", "agented", timeout=200)
+    summary = host.inhost(
+        "load.py",
+        "--rate",
+        str(rate),
+        "--seconds",
+        "120",
+        "--out",
+        "/root/load.json",
+        "--action-at",
+        "3",
+        "--repeat",
+        str(RELOADS),
+        "--every",
+        "4",
+        "--",
+        "systemctl",
+        "reload",
+        "agented",
+        timeout=200,
+    )
     return fetch(host, summary, f"reload-{mode}")
 
 
 def redeploy_under_load(host: common.Host, mode: str, rate: float, inventory, extra: dict) -> dict:
-    common.log(f"redeploy of a changed release under {rate:g} requests/s (socket activation {mode})")
+    common.log(
+        f"redeploy of a changed release under {rate:g} requests/s (socket activation {mode})"
+    )
     directory = common.results_dir(NAME)
     host.put(common.BENCH / "inhost" / "load.py", "/root/load.py")
     host.exec("rm", "-f", "/root/stop", "/root/load.json")
-    host.exec("python3", "/root/load.py", "--rate", str(rate), "--seconds", "400", "--out",
-              "/root/load.json", "--stop-file", "/root/stop", detach=True)
+    host.exec(
+        "python3",
+        "/root/load.py",
+        "--rate",
+        str(rate),
+        "--seconds",
+        "400",
+        "--out",
+        "/root/load.json",
+        "--stop-file",
+        "/root/stop",
+        detach=True,
+    )
     time.sleep(3)
     started = time.monotonic()
     seconds, _ = common.converge(inventory, directory / f"converge-redeploy-{mode}.log", extra)
@@ -59,8 +89,11 @@ def redeploy_under_load(host: common.Host, mode: str, rate: float, inventory, ex
     summary = json.loads(host.exec("cat", "/root/load.json").stdout)
     summary.pop("records")
     result = fetch(host, summary, f"redeploy-{mode}")
-    result["converge"] = {"seconds": seconds, "from": started - summary["start_monotonic"],
-                          "to": ended - summary["start_monotonic"]}
+    result["converge"] = {
+        "seconds": seconds,
+        "from": started - summary["start_monotonic"],
+        "to": ended - summary["start_monotonic"],
+    }
     return result
 
 
@@ -71,9 +104,13 @@ def fetch(host: common.Host, summary: dict, name: str) -> dict:
     answered = [r[1] for r in records if isinstance(r[2], int)]
     return {
         "name": name,
-        "requests": summary["requests"], "failed": summary["failed"], "failures": summary["failures"],
-        "duration": summary["duration"], "actions": summary["actions"],
-        "unit_events": summary["unit_events"], "workers_booted": summary["workers_booted"],
+        "requests": summary["requests"],
+        "failed": summary["failed"],
+        "failures": summary["failures"],
+        "duration": summary["duration"],
+        "actions": summary["actions"],
+        "unit_events": summary["unit_events"],
+        "workers_booted": summary["workers_booted"],
         "latency": common.summary(answered),
     }
 
@@ -82,14 +119,29 @@ def chart(runs: list[dict]) -> None:
     plt = common.pyplot()
     fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.6 * len(runs)), squeeze=False)
     for ax, run in zip(axes[:, 0], runs, strict=True):
-        records = json.loads((common.results_dir(NAME) / f"load-{run['name']}.json").read_text())["records"]
+        records = json.loads((common.results_dir(NAME) / f"load-{run['name']}.json").read_text())[
+            "records"
+        ]
         common.plot_requests(ax, records)
         for i, action in enumerate(a for a in run["actions"] if a["command"] != ["stop-file"]):
-            ax.axvline(action["at"], color="grey", ls="--", lw=0.8, label="systemctl reload" if i == 0 else None)
+            ax.axvline(
+                action["at"],
+                color="grey",
+                ls="--",
+                lw=0.8,
+                label="systemctl reload" if i == 0 else None,
+            )
         if "converge" in run:
-            ax.axvspan(run["converge"]["from"], run["converge"]["to"], color="grey", alpha=0.15,
-                       label="ansible-playbook")
-            for i, (at, _text) in enumerate(e for e in run["unit_events"] if e[1].startswith("Stopping")):
+            ax.axvspan(
+                run["converge"]["from"],
+                run["converge"]["to"],
+                color="grey",
+                alpha=0.15,
+                label="ansible-playbook",
+            )
+            for i, (at, _text) in enumerate(
+                e for e in run["unit_events"] if e[1].startswith("Stopping")
+            ):
                 ax.axvline(at, color="orange", lw=0.8, label="restart" if i == 0 else None)
         ax.set_yscale("log")
         ax.set_ylabel("response time (s)")
@@ -104,23 +156,52 @@ def tables(runs: list[dict]) -> str:
     rows = []
     for run in runs:
         kind, mode = run["name"].split("-")
-        what = f"{RELOADS} × systemctl reload" if kind == "reload" else "redeploy of a changed release"
+        what = (
+            f"{RELOADS} × systemctl reload" if kind == "reload" else "redeploy of a changed release"
+        )
         lat = run["latency"]
-        rows.append([what, mode, f"{run['requests']} in {run['duration']:.0f} s", run["failed"],
-                     common.verdict(run["failed"] == 0), common.fmt(lat["median"] * 1000, " ms", 1),
-                     common.fmt(lat["p95"] * 1000, " ms", 1), common.fmt(lat["max"], " s"),
-                     run["workers_booted"]])
-    return common.table(["action", "socket activation", "requests", "failed", "goal 0",
-                         "response p50", "p95", "max", "workers booted"], rows)
+        rows.append(
+            [
+                what,
+                mode,
+                f"{run['requests']} in {run['duration']:.0f} s",
+                run["failed"],
+                common.verdict(run["failed"] == 0),
+                common.fmt(lat["median"] * 1000, " ms", 1),
+                common.fmt(lat["p95"] * 1000, " ms", 1),
+                common.fmt(lat["max"], " s"),
+                run["workers_booted"],
+            ]
+        )
+    return common.table(
+        [
+            "action",
+            "socket activation",
+            "requests",
+            "failed",
+            "goal 0",
+            "response p50",
+            "p95",
+            "max",
+            "workers booted",
+        ],
+        rows,
+    )
 
 
 def summarize(runs: list[dict]) -> list[dict]:
     """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md."""
-    goals = [common.goal("§3", "0 failed requests: "
-                         + ("5 × systemctl reload" if r["name"].startswith("reload") else "redeploy")
-                         + f", socket activation {r['name'].split('-')[1]}",
-                         f"{r['failed']} of {r['requests']} failed, slowest answer {r['latency']['max']:.2f} s",
-                         r["failed"] == 0) for r in runs]
+    goals = [
+        common.goal(
+            "§3",
+            "0 failed requests: "
+            + ("5 × systemctl reload" if r["name"].startswith("reload") else "redeploy")
+            + f", socket activation {r['name'].split('-')[1]}",
+            f"{r['failed']} of {r['requests']} failed, slowest answer {r['latency']['max']:.2f} s",
+            r["failed"] == 0,
+        )
+        for r in runs
+    ]
     return goals
 
 
@@ -131,25 +212,50 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the test host running")
     args = parser.parse_args()
     directory = common.results_dir(NAME)
-    releases = [common.backend_copy(), common.backend_copy("# release B"), common.backend_copy("# release C")]
+    releases = [
+        common.backend_copy(),
+        common.backend_copy("# release B"),
+        common.backend_copy("# release C"),
+    ]
     runs = []
     with common.Host(HOST, keep=args.keep) as host:
         inventory = common.write_inventory(directory / "inventory.json", [host.name])
         for n, mode in enumerate(args.variants.split(",")):
             socket_activation = mode == "on"
             base = {"agented_backend_socket_activation": socket_activation}
-            if socket_activation and host.exec("systemctl", "is-active", "agented.socket", check=False).returncode:
+            if (
+                socket_activation
+                and host.exec("systemctl", "is-active", "agented.socket", check=False).returncode
+            ):
                 host.exec("systemctl", "stop", "agented.service", check=False)  # see bench/crash.py
             common.log(f"converging with socket activation {mode}")
-            common.converge(inventory, directory / f"converge-{mode}.log",
-                            {**base, "agented_backend_src": str(releases[n])})
+            common.converge(
+                inventory,
+                directory / f"converge-{mode}.log",
+                {**base, "agented_backend_src": str(releases[n])},
+            )
             runs.append(reload_under_load(host, mode, args.rate))
-            runs.append(redeploy_under_load(host, mode, args.rate, inventory,
-                                            {**base, "agented_backend_src": str(releases[n + 1])}))
+            runs.append(
+                redeploy_under_load(
+                    host,
+                    mode,
+                    args.rate,
+                    inventory,
+                    {**base, "agented_backend_src": str(releases[n + 1])},
+                )
+            )
     chart(runs)
     goals = summarize(runs)
-    common.save(NAME, {"goals": goals, "goal": {"failed": 0},
-                       "load": {"rate": args.rate, "path": "/api/executions?limit=1"}, "runs": runs}, tables(runs))
+    common.save(
+        NAME,
+        {
+            "goals": goals,
+            "goal": {"failed": 0},
+            "load": {"rate": args.rate, "path": "/api/executions?limit=1"},
+            "runs": runs,
+        },
+        tables(runs),
+    )
 
 
 if __name__ == "__main__":

@@ -38,15 +38,18 @@ def machine_block() -> str:
             info = json.loads(path.read_text())["machine"]
             first = first or info
             start = " / ".join(map(str, info.get("load_average_at_start", ["?"])))
-            rows.append(f"| {name} | {info.get('commit', '?')} | {info['date']} | {start} | "
-                        f"{' / '.join(map(str, info['load_average']))} |")
+            rows.append(
+                f"| {name} | {info.get('commit', '?')} | {info['date']} | {start} | "
+                f"{' / '.join(map(str, info['load_average']))} |"
+            )
     if first is None:
         return ""
-    return (f"{first['cores']} cores ({first['cpu']}), {first['memory_mb'] / 1024:.0f} GB of memory "
-            f"(`nproc`, `free`), Linux {first['kernel']}.\n\n"
-            "| benchmark | commit | finished | load average at its start (1 / 5 / 15 min) | at its end |\n"
-            "| --- | --- | --- | --- | --- |\n"
-            + "\n".join(rows) + "\n")
+    return (
+        f"{first['cores']} cores ({first['cpu']}), {first['memory_mb'] / 1024:.0f} GB of memory "
+        f"(`nproc`, `free`), Linux {first['kernel']}.\n\n"
+        "| benchmark | commit | finished | load average at its start (1 / 5 / 15 min) | at its end |\n"
+        "| --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )
 
 
 def summary_block() -> str:

@@ -39,16 +39,26 @@ def chart(runs: dict) -> None:
             ax.scatter(bad, [y] * len(bad), s=12, color="tab:red", marker="|")
         count = run["answering"]["timeline"]
         twin = ax.twinx()
-        twin.step([w - t0 for w, _ in count] + [run["answering"]["end"] - t0],
-                  [c for _, c in count] + [count[-1][1]], where="post", color="black", lw=0.8)
+        twin.step(
+            [w - t0 for w, _ in count] + [run["answering"]["end"] - t0],
+            [c for _, c in count] + [count[-1][1]],
+            where="post",
+            color="black",
+            lw=0.8,
+        )
         twin.set_ylim(-0.2, 3.5)
         twin.set_ylabel("hosts answering")
         twin.axhline(2, color="red", ls="--", lw=0.8)
-        ax.axvspan(run["deploy"]["started"] - t0, run["deploy"]["ended"] - t0, color="grey", alpha=0.12)
+        ax.axvspan(
+            run["deploy"]["started"] - t0, run["deploy"]["ended"] - t0, color="grey", alpha=0.12
+        )
         ax.set_yticks(range(len(hosts)), hosts, fontsize=7)
         ax.set_ylim(-0.5, len(hosts) - 0.5)
-        ax.set_title(f"{name}: green = readiness 200, red = not ready (probe every 50 ms); "
-                     f"grey = ansible-playbook", fontsize=8)
+        ax.set_title(
+            f"{name}: green = readiness 200, red = not ready (probe every 50 ms); "
+            f"grey = ansible-playbook",
+            fontsize=8,
+        )
     axes[-1, 0].set_xlabel("seconds")
     fig.tight_layout()
     fig.savefig(common.results_dir(NAME) / "rolling.png")
@@ -60,14 +70,41 @@ def tables(runs: dict, seconds: float, rc: int) -> str:
         a = run["answering"]
         down = ", ".join(f"{sum(b - x for x, b in w):.1f} s" for _, w in sorted(a["down"].items()))
         below = sum(b - x for x, b, _ in a["below_minimum"])
-        result = "deployed everywhere" if run["deploy"]["rc"] == 0 else (
-            "failed on " + ", ".join(h for h, x in run.get("added", {}).items() if x) + ", rolled back; "
-            "the others untouched")
-        rows.append([name, f"{run['deploy']['ended'] - run['deploy']['started']:.0f} s", result,
-                     f"{a['end'] - a['start']:.0f} s", a["fewest_answering"], f"{below:.2f} s", down,
-                     common.verdict(a["fewest_answering"] >= 2)])
-    text = common.table(["deploy", "ansible-playbook", "outcome", "probed", "fewest answering",
-                         "time with < 2", "not ready per host", "goal ≥ 2 at every moment"], rows)
+        result = (
+            "deployed everywhere"
+            if run["deploy"]["rc"] == 0
+            else (
+                "failed on "
+                + ", ".join(h for h, x in run.get("added", {}).items() if x)
+                + ", rolled back; "
+                "the others untouched"
+            )
+        )
+        rows.append(
+            [
+                name,
+                f"{run['deploy']['ended'] - run['deploy']['started']:.0f} s",
+                result,
+                f"{a['end'] - a['start']:.0f} s",
+                a["fewest_answering"],
+                f"{below:.2f} s",
+                down,
+                common.verdict(a["fewest_answering"] >= 2),
+            ]
+        )
+    text = common.table(
+        [
+            "deploy",
+            "ansible-playbook",
+            "outcome",
+            "probed",
+            "fewest answering",
+            "time with < 2",
+            "not ready per host",
+            "goal ≥ 2 at every moment",
+        ],
+        rows,
+    )
     text += f"\n`molecule test -s rolling`: exit {rc} ({common.verdict(rc == 0)}), {seconds:.0f} s in all.\n"
     return text
 
@@ -77,11 +114,20 @@ def summarize(runs: dict, rc: int) -> list[dict]:
     goals = []
     for name, run in runs.items():
         a = run["answering"]
-        what = ("rolling deploy, serial 1: ≥ 2 of 3 hosts answer at every moment" if name == "rolling-deploy"
-                else "a host failing its health gate stops the rollout; ≥ 2 of 3 answer throughout")
+        what = (
+            "rolling deploy, serial 1: ≥ 2 of 3 hosts answer at every moment"
+            if name == "rolling-deploy"
+            else "a host failing its health gate stops the rollout; ≥ 2 of 3 answer throughout"
+        )
         met = a["fewest_answering"] >= 2 and (name == "rolling-deploy" or run["deploy"]["rc"] != 0)
-        goals.append(common.goal("§6", what, f"fewest answering {a['fewest_answering']}; molecule exit {rc}",
-                                 met and rc == 0))
+        goals.append(
+            common.goal(
+                "§6",
+                what,
+                f"fewest answering {a['fewest_answering']}; molecule exit {rc}",
+                met and rc == 0,
+            )
+        )
     return goals
 
 
@@ -89,24 +135,45 @@ def main() -> None:
     directory = common.results_dir(NAME)
     for old in directory.glob("*.json"):
         old.unlink()
-    env = {**os.environ, "PATH": f"{common.TOOLS}:{os.environ['PATH']}", "AGENTED_ROLLING_RESULTS": str(directory)}
+    env = {
+        **os.environ,
+        "PATH": f"{common.TOOLS}:{os.environ['PATH']}",
+        "AGENTED_ROLLING_RESULTS": str(directory),
+    }
     start = time.monotonic()
     with open(directory / "molecule.log", "w") as log:
-        rc = subprocess.run(["molecule", "test", "-s", "rolling"], cwd=common.ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            ["molecule", "test", "-s", "rolling"],
+            cwd=common.ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ).returncode
     seconds = time.monotonic() - start
-    runs = {name: json.loads((directory / f"{name}.json").read_text())
-            for name in ("rolling-deploy", "failed-health-gate") if (directory / f"{name}.json").exists()}
+    runs = {
+        name: json.loads((directory / f"{name}.json").read_text())
+        for name in ("rolling-deploy", "failed-health-gate")
+        if (directory / f"{name}.json").exists()
+    }
     if not runs:
         tail = "".join((directory / "molecule.log").read_text().splitlines(keepends=True)[-40:])
         raise SystemExit(f"molecule test -s rolling measured nothing (exit {rc}):\n{tail}")
     chart(runs)
     goals = summarize(runs, rc)
-    common.save(NAME, {"goals": goals, "molecule_exit": rc, "seconds": seconds,
-                       "runs": {n: {k: v for k, v in r.items() if k != "samples"} for n, r in runs.items()}},
-                tables(runs, seconds, rc))
+    common.save(
+        NAME,
+        {
+            "goals": goals,
+            "molecule_exit": rc,
+            "seconds": seconds,
+            "runs": {n: {k: v for k, v in r.items() if k != "samples"} for n, r in runs.items()},
+        },
+        tables(runs, seconds, rc),
+    )
     if rc:
-        raise SystemExit(f"molecule test -s rolling failed (exit {rc}): see {directory / 'molecule.log'}")
+        raise SystemExit(
+            f"molecule test -s rolling failed (exit {rc}): see {directory / 'molecule.log'}"
+        )
 
 
 if __name__ == "__main__":

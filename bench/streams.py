@@ -33,7 +33,6 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-
 import common
 
 NAME = "streams"
@@ -102,8 +101,15 @@ class Bench:
         start = time.monotonic()
         while not stop.is_set():
             sizes = rss_mb(self.master)
-            self.samples.append({"t": time.monotonic() - start, "open": self.open, "phase": self.phase,
-                                 "rss_total": sum(sizes.values()), "rss": sizes})
+            self.samples.append(
+                {
+                    "t": time.monotonic() - start,
+                    "open": self.open,
+                    "phase": self.phase,
+                    "rss_total": sum(sizes.values()),
+                    "rss": sizes,
+                }
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 
@@ -119,7 +125,7 @@ class Bench:
                     *frames, pending = (pending + chunk).split(b"\n\n")
                     for frame in frames:
                         if frame.startswith(b"id: "):
-                            event = int(frame[4:frame.index(b"\n")])
+                            event = int(frame[4 : frame.index(b"\n")])
                             self.received[event].append(now)
                             self.receivers[event].append(client)
                         elif b": agented event stream, pid " in frame:
@@ -151,16 +157,25 @@ class Bench:
         return time.monotonic() - start
 
     async def post_event(self, n: int) -> int:
-        body = json.dumps({"action": "opened", "repository": {"full_name": "agented/bench"},
-                           "issue": {"number": n}, "bench": n}).encode()
+        body = json.dumps(
+            {
+                "action": "opened",
+                "repository": {"full_name": "agented/bench"},
+                "issue": {"number": n},
+                "bench": n,
+            }
+        ).encode()
         headers = {
-            "Content-Type": "application/json", "X-GitHub-Event": "issues",
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "issues",
             "X-GitHub-Delivery": str(uuid.uuid4()),
-            "X-Hub-Signature-256": "sha256=" + hmac.new(common.WEBHOOK_SECRET.encode(), body,
-                                                        hashlib.sha256).hexdigest(),
+            "X-Hub-Signature-256": "sha256="
+            + hmac.new(common.WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest(),
         }
         sent = time.monotonic()
-        async with self.session.post(f"{URL}/api/webhooks/github", data=body, headers=headers) as response:
+        async with self.session.post(
+            f"{URL}/api/webhooks/github", data=body, headers=headers
+        ) as response:
             answer = await response.json()
             if response.status != 202:
                 raise SystemExit(f"webhook answered {response.status}: {answer}")
@@ -198,15 +213,23 @@ async def run(master: int, args) -> dict:
             main_events.append(await bench.post_event(n))
             await asyncio.sleep(args.interval)
         await asyncio.sleep(2)  # the last deliveries
-        cpu = {"server": (cpu_seconds(master) - cpu[0]) / args.events,
-               "client": (own_cpu_seconds() - cpu[1]) / args.events}
+        cpu = {
+            "server": (cpu_seconds(master) - cpu[0]) / args.events,
+            "client": (own_cpu_seconds() - cpu[1]) / args.events,
+        }
         events_memory = [s["rss_total"] for s in bench.samples if s["phase"] == "events"]
         ramp = []
         for level in args.ramp:
             bench.phase = f"connecting to {level}"
             if await bench.connect(level, tasks) is None:
-                ramp.append({"clients": level, "open": bench.open, "rss_total": sum(rss_mb(master).values()),
-                             "latency": latency(bench, [])})
+                ramp.append(
+                    {
+                        "clients": level,
+                        "open": bench.open,
+                        "rss_total": sum(rss_mb(master).values()),
+                        "latency": latency(bench, []),
+                    }
+                )
                 break
             bench.phase = f"ramp {level}"
             ramp_events = []
@@ -214,8 +237,14 @@ async def run(master: int, args) -> dict:
                 ramp_events.append(await bench.post_event(10_000 + level + n))
                 await asyncio.sleep(args.interval)
             await asyncio.sleep(2)
-            ramp.append({"clients": level, "open": bench.open, "rss_total": sum(rss_mb(master).values()),
-                         "latency": latency(bench, ramp_events)})
+            ramp.append(
+                {
+                    "clients": level,
+                    "open": bench.open,
+                    "rss_total": sum(rss_mb(master).values()),
+                    "latency": latency(bench, ramp_events),
+                }
+            )
             common.log(f"ramp {level}: {ramp[-1]['open']} open, p99 {ramp[-1]['latency']['p99']}")
         open_at_end = bench.open
         bench.closing = True
@@ -227,14 +256,17 @@ async def run(master: int, args) -> dict:
 
     slope = trend(bench.samples)
     return {
-        "clients": args.clients, "events": args.events, "interval": args.interval,
+        "clients": args.clients,
+        "events": args.events,
+        "interval": args.interval,
         "connect_seconds": connect_seconds,
         "rss_mb": memory,
         "rss_per_1000": (memory[args.clients] - memory[0]) / (args.clients / 1000),
         "rss_events": common.summary(events_memory),
         "rss_slope_mb_per_min": slope,
         "streams_per_worker": dict(workers),
-        "open_at_end": open_at_end, "dropped": bench.dropped,
+        "open_at_end": open_at_end,
+        "dropped": bench.dropped,
         "latency": latency(bench, main_events),
         "per_event": per_event(bench, main_events),
         "cpu_per_event": cpu,
@@ -257,8 +289,14 @@ def per_event(bench: Bench, events) -> list[dict]:
     for event in events:
         values = sorted(t - bench.sent[event][0] for t in bench.received.get(event, []))
         if values:
-            rows.append({"t": bench.sent[event][0] - first, "first": values[0],
-                         "median": values[len(values) // 2], "last": values[-1]})
+            rows.append(
+                {
+                    "t": bench.sent[event][0] - first,
+                    "first": values[0],
+                    "median": values[len(values) // 2],
+                    "last": values[-1],
+                }
+            )
     return rows
 
 
@@ -266,7 +304,9 @@ def by_worker(bench: Bench, events) -> dict:
     """Delivery latency of the streams of each worker."""
     per = collections.defaultdict(list)
     for event in events:
-        for t, client in zip(bench.received.get(event, []), bench.receivers.get(event, []), strict=True):
+        for t, client in zip(
+            bench.received.get(event, []), bench.receivers.get(event, []), strict=True
+        ):
             per[bench.worker_of.get(client)].append(t - bench.sent[event][0])
     return {str(pid): common.summary(values) for pid, values in per.items()}
 
@@ -310,8 +350,14 @@ def chart(result: dict, seconds: list[float], directory: Path) -> None:
     more = twin.get_legend_handles_labels()
     top.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", fontsize=8)
     rows = result["per_event"]
-    for key, label in (("last", "last stream"), ("median", "median stream"), ("first", "first stream")):
-        middle.plot([r["t"] for r in rows], [r[key] * 1000 for r in rows], marker=".", lw=0.8, label=label)
+    for key, label in (
+        ("last", "last stream"),
+        ("median", "median stream"),
+        ("first", "first stream"),
+    ):
+        middle.plot(
+            [r["t"] for r in rows], [r[key] * 1000 for r in rows], marker=".", lw=0.8, label=label
+        )
     middle.axhline(GOAL_P99 * 1000, color="red", ls="--", lw=1, label="250 ms")
     middle.set_xlabel("seconds since the first event")
     middle.set_ylabel("delivery latency (ms)")
@@ -323,7 +369,9 @@ def chart(result: dict, seconds: list[float], directory: Path) -> None:
     bottom.axvline(GOAL_P99 * 1000, color="red", ls="--", lw=1, label="goal p99 250 ms")
     bottom.set_xlabel("delivery latency (ms): webhook posted → event line read by the client")
     bottom.set_ylabel("fraction of deliveries")
-    bottom.set_title(f"Delivery latency to {result['clients']} streams ({result['latency']['deliveries']} deliveries)")
+    bottom.set_title(
+        f"Delivery latency to {result['clients']} streams ({result['latency']['deliveries']} deliveries)"
+    )
     bottom.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(directory / "streams.png")
@@ -334,44 +382,89 @@ def tables(results: list[dict]) -> str:
     for r in results:
         lat = r["latency"]
         workers = " / ".join(common.fmt(w["p99"] * 1000, "", 0) for w in r["by_worker"].values())
-        rows.append([r["clients"], r["poll_ms"], r["events"], lat["deliveries"], lat["missing"],
-                     common.fmt(lat["median"] * 1000, " ms", 0), common.fmt(lat["p95"] * 1000, " ms", 0),
-                     common.fmt(lat["p99"] * 1000, " ms", 0), common.fmt(lat["max"] * 1000, " ms", 0),
-                     workers + " ms",
-                     common.verdict(lat["p99"] is not None and lat["p99"] < GOAL_P99 and lat["missing"] == 0)])
-    text = common.table(["streams", "SSE_POLL_INTERVAL_MS", "events", "deliveries", "missed", "p50", "p95",
-                         "p99", "max", "p99 per worker", f"goal p99 < {GOAL_P99 * 1000:.0f} ms"], rows)
+        rows.append(
+            [
+                r["clients"],
+                r["poll_ms"],
+                r["events"],
+                lat["deliveries"],
+                lat["missing"],
+                common.fmt(lat["median"] * 1000, " ms", 0),
+                common.fmt(lat["p95"] * 1000, " ms", 0),
+                common.fmt(lat["p99"] * 1000, " ms", 0),
+                common.fmt(lat["max"] * 1000, " ms", 0),
+                workers + " ms",
+                common.verdict(
+                    lat["p99"] is not None and lat["p99"] < GOAL_P99 and lat["missing"] == 0
+                ),
+            ]
+        )
+    text = common.table(
+        [
+            "streams",
+            "SSE_POLL_INTERVAL_MS",
+            "events",
+            "deliveries",
+            "missed",
+            "p50",
+            "p95",
+            "p99",
+            "max",
+            "p99 per worker",
+            f"goal p99 < {GOAL_P99 * 1000:.0f} ms",
+        ],
+        rows,
+    )
     for r in results:
         last = [e["last"] for e in r["per_event"]]
         slow = sum(x > GOAL_P99 for x in last)
-        text += (f"\nSSE_POLL_INTERVAL_MS={r['poll_ms']}: the last stream to get an event waited "
-                 f"{common.fmt(common.percentile(last, 50) * 1000, ' ms', 0)} (median over events), "
-                 f"{common.fmt(max(last) * 1000, ' ms', 0)} at most; {slow} of {len(last)} events reached "
-                 f"some stream after more than {GOAL_P99 * 1000:.0f} ms.\n")
+        text += (
+            f"\nSSE_POLL_INTERVAL_MS={r['poll_ms']}: the last stream to get an event waited "
+            f"{common.fmt(common.percentile(last, 50) * 1000, ' ms', 0)} (median over events), "
+            f"{common.fmt(max(last) * 1000, ' ms', 0)} at most; {slow} of {len(last)} events reached "
+            f"some stream after more than {GOAL_P99 * 1000:.0f} ms.\n"
+        )
     r = results[0]
     text += f"\nMemory of the Gunicorn processes (master + workers, RSS; SSE_POLL_INTERVAL_MS={r['poll_ms']}):\n\n"
     rows = [[f"{n} streams open", common.fmt(v, " MB", 0)] for n, v in r["rss_mb"].items()]
     rows.append(["**per 1,000 streams**", common.fmt(r["rss_per_1000"], " MB", 1)])
     ev = r["rss_events"]
-    rows.append([f"while events flow ({r['events']} s), median / max",
-                 f"{common.fmt(ev['median'], ' MB', 0)} / {common.fmt(ev['max'], ' MB', 0)}"])
+    rows.append(
+        [
+            f"while events flow ({r['events']} s), median / max",
+            f"{common.fmt(ev['median'], ' MB', 0)} / {common.fmt(ev['max'], ' MB', 0)}",
+        ]
+    )
     rows.append(["trend while events flow", common.fmt(r["rss_slope_mb_per_min"], " MB/min", 2)])
     text += common.table(["", "RSS"], rows)
     for r in results:
-        per_worker = ", ".join(str(n) for n in sorted(r["streams_per_worker"].values(), reverse=True))
-        text += (f"\nSSE_POLL_INTERVAL_MS={r['poll_ms']}: streams per worker {per_worker}; open at the end "
-                 f"{r['open_at_end']}, dropped by the server {r['dropped']}; "
-                 f"{r['clients']} streams opened in {r['connect_seconds'][str(r['clients'])]:.1f} s; "
-                 f"CPU per event: server {r['cpu_per_event']['server'] * 1000:.0f} ms, "
-                 f"client {r['cpu_per_event']['client'] * 1000:.0f} ms.\n")
+        per_worker = ", ".join(
+            str(n) for n in sorted(r["streams_per_worker"].values(), reverse=True)
+        )
+        text += (
+            f"\nSSE_POLL_INTERVAL_MS={r['poll_ms']}: streams per worker {per_worker}; open at the end "
+            f"{r['open_at_end']}, dropped by the server {r['dropped']}; "
+            f"{r['clients']} streams opened in {r['connect_seconds'][str(r['clients'])]:.1f} s; "
+            f"CPU per event: server {r['cpu_per_event']['server'] * 1000:.0f} ms, "
+            f"client {r['cpu_per_event']['client'] * 1000:.0f} ms.\n"
+        )
     ramp = [x for r in results for x in r["ramp"]]
     if ramp:
         text += "\nBeyond the goal (fewer events per step):\n\n"
-        text += common.table(["streams", "open", "RSS", "p50", "p99", "missed"],
-                             [[x["clients"], x["open"], common.fmt(x["rss_total"], " MB", 0),
-                               common.fmt(x["latency"]["median"] and x["latency"]["median"] * 1000, " ms", 0),
-                               common.fmt(x["latency"]["p99"] and x["latency"]["p99"] * 1000, " ms", 0),
-                               x["latency"]["missing"]] for x in ramp])
+        text += common.table(
+            ["streams", "open", "RSS", "p50", "p99", "missed"],
+            [
+                [
+                    x["clients"],
+                    x["open"],
+                    common.fmt(x["rss_total"], " MB", 0),
+                    common.fmt(x["latency"]["median"] and x["latency"]["median"] * 1000, " ms", 0),
+                    common.fmt(x["latency"]["p99"] and x["latency"]["p99"] * 1000, " ms", 0),
+                    x["latency"]["missing"],
+                ]
+                for x in ramp
+            ],
+        )
     return text
 
 
@@ -380,15 +473,25 @@ def summarize(results: list[dict]) -> list[dict]:
     goals = []
     for r in results:
         lat = r["latency"]
-        goals.append(common.goal(
-            "§4", f"{r['clients']} streams, SSE_POLL_INTERVAL_MS={r['poll_ms']}: "
-                  f"delivery p99 < {GOAL_P99 * 1000:.0f} ms",
-            f"p50 {lat['median'] * 1000:.0f} ms, p95 {lat['p95'] * 1000:.0f} ms, p99 {lat['p99'] * 1000:.0f} ms, "
-            f"{lat['missing']} missed", lat["p99"] < GOAL_P99 and lat["missing"] == 0))
+        goals.append(
+            common.goal(
+                "§4",
+                f"{r['clients']} streams, SSE_POLL_INTERVAL_MS={r['poll_ms']}: "
+                f"delivery p99 < {GOAL_P99 * 1000:.0f} ms",
+                f"p50 {lat['median'] * 1000:.0f} ms, p95 {lat['p95'] * 1000:.0f} ms, p99 {lat['p99'] * 1000:.0f} ms, "
+                f"{lat['missing']} missed",
+                lat["p99"] < GOAL_P99 and lat["missing"] == 0,
+            )
+        )
     r = results[0]
-    goals.append(common.goal("§4", "RSS per 1,000 streams; steady memory while events flow",
-                             f"{r['rss_per_1000']:.1f} MB per 1,000; trend {r['rss_slope_mb_per_min']:+.2f} MB/min",
-                             None))
+    goals.append(
+        common.goal(
+            "§4",
+            "RSS per 1,000 streams; steady memory while events flow",
+            f"{r['rss_per_1000']:.1f} MB per 1,000; trend {r['rss_slope_mb_per_min']:+.2f} MB/min",
+            None,
+        )
+    )
     return goals
 
 
@@ -397,11 +500,19 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--events", type=int, default=60)
     parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--ramp", type=lambda s: [int(x) for x in s.split(",") if x], default=[4000, 6000],
-                        help="after the main run, more streams in steps (with the first --poll-ms only)")
+    parser.add_argument(
+        "--ramp",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=[4000, 6000],
+        help="after the main run, more streams in steps (with the first --poll-ms only)",
+    )
     parser.add_argument("--ramp-events", type=int, default=15)
-    parser.add_argument("--poll-ms", type=lambda s: [int(x) for x in s.split(",")], default=[100, 25],
-                        help="SSE_POLL_INTERVAL_MS values to run with; the first (the default, 100) is charted")
+    parser.add_argument(
+        "--poll-ms",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[100, 25],
+        help="SSE_POLL_INTERVAL_MS values to run with; the first (the default, 100) is charted",
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = max([args.clients, *args.ramp]) + 256
@@ -413,8 +524,13 @@ def main() -> None:
     try:
         for poll_ms in args.poll_ms:
             common.log(f"SSE_POLL_INTERVAL_MS={poll_ms}")
-            result = measure(src, poll_ms, args if poll_ms == args.poll_ms[0] else
-                             argparse.Namespace(**{**vars(args), "ramp": []}))
+            result = measure(
+                src,
+                poll_ms,
+                args
+                if poll_ms == args.poll_ms[0]
+                else argparse.Namespace(**{**vars(args), "ramp": []}),
+            )
             if poll_ms == args.poll_ms[0]:
                 chart(result, result["delays"], directory)
             result.pop("delays")
@@ -422,17 +538,28 @@ def main() -> None:
     finally:
         shutil.rmtree(src.parent, ignore_errors=True)
     goals = summarize(results)
-    common.save(NAME, {"goals": goals, "goal": {"clients": args.clients, "p99_seconds": GOAL_P99}, "runs": results},
-                tables(results))
+    common.save(
+        NAME,
+        {
+            "goals": goals,
+            "goal": {"clients": args.clients, "p99_seconds": GOAL_P99},
+            "runs": results,
+        },
+        tables(results),
+    )
 
 
 def measure(src: Path, poll_ms: int, args) -> dict:
     state = Path(tempfile.mkdtemp(prefix="agented-bench-streams-"))
     gunicorn = common.BACKEND / ".venv" / "bin" / "gunicorn"
     with open(common.results_dir(NAME) / f"gunicorn-{poll_ms}.log", "w") as log:
-        process = subprocess.Popen([str(gunicorn), "-c", "gunicorn.conf.py"], cwd=src, stdout=subprocess.DEVNULL,
-                                   env=common.local_env(PORT, state, SSE_POLL_INTERVAL_MS=str(poll_ms)),
-                                   stderr=log)
+        process = subprocess.Popen(
+            [str(gunicorn), "-c", "gunicorn.conf.py"],
+            cwd=src,
+            stdout=subprocess.DEVNULL,
+            env=common.local_env(PORT, state, SSE_POLL_INTERVAL_MS=str(poll_ms)),
+            stderr=log,
+        )
     try:
         common.wait_http(PORT, process=process)
         result = asyncio.run(run(process.pid, args))

@@ -6,7 +6,9 @@ import yaml
 
 from conftest import ROLE, ROOT
 
-SPECS = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+SPECS = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"][
+    "main"
+]["options"]
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 
 
@@ -14,7 +16,9 @@ def test_readme_table_is_generated_from_the_argument_specs():
     table = subprocess.run(
         [str(ROOT / "tools" / "role-variables-table")], check=True, capture_output=True, text=True
     ).stdout
-    assert table in (ROOT / "README.md").read_text(), "README's variable table is stale: tools/role-variables-table --write"
+    assert table in (ROOT / "README.md").read_text(), (
+        "README's variable table is stale: tools/role-variables-table --write"
+    )
 
 
 def test_every_default_is_documented_and_every_documented_variable_has_a_default():

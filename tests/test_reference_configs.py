@@ -11,7 +11,9 @@ import pytest
 from conftest import ROOT
 
 # The ansible-playbook beside this interpreter (.venv), whether or not .venv/bin is on PATH.
-ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or "ansible-playbook"
+ANSIBLE_PLAYBOOK = (
+    shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or "ansible-playbook"
+)
 REFERENCE_FILES = ["agented.service", "agented.socket", "com.agented.backend.plist"]
 
 
@@ -19,7 +21,12 @@ REFERENCE_FILES = ["agented.service", "agented.socket", "com.agented.backend.pli
 def fresh_rendering(tmp_path_factory):
     dest = tmp_path_factory.mktemp("deploy")
     subprocess.run(
-        [ANSIBLE_PLAYBOOK, "playbooks/reference.yml", "-e", f"agented_backend_reference_dest={dest}"],
+        [
+            ANSIBLE_PLAYBOOK,
+            "playbooks/reference.yml",
+            "-e",
+            f"agented_backend_reference_dest={dest}",
+        ],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -30,7 +37,9 @@ def fresh_rendering(tmp_path_factory):
 @pytest.mark.parametrize("name", REFERENCE_FILES)
 def test_deploy_matches_a_fresh_rendering_of_the_role_templates(fresh_rendering, name):
     committed = (ROOT / "deploy" / name).read_text()
-    assert committed == (fresh_rendering / name).read_text(), f"deploy/{name} is stale: run `just reference`"
+    assert committed == (fresh_rendering / name).read_text(), (
+        f"deploy/{name} is stale: run `just reference`"
+    )
 
 
 def test_reference_unit_uses_the_documented_paths_and_restart_policy():
@@ -56,7 +65,11 @@ def test_reference_unit_uses_the_documented_paths_and_restart_policy():
 def test_reference_plist_parses_and_keeps_gunicorn_supervised():
     plist = plistlib.loads((ROOT / "deploy" / "com.agented.backend.plist").read_bytes())
     assert plist["Label"] == "com.agented.backend"
-    assert plist["ProgramArguments"] == ["/opt/agented/backend/current/.venv/bin/gunicorn", "-c", "gunicorn.conf.py"]
+    assert plist["ProgramArguments"] == [
+        "/opt/agented/backend/current/.venv/bin/gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+    ]
     assert plist["WorkingDirectory"] == "/opt/agented/backend/current"
     assert plist["UserName"] == "agented"
     assert plist["KeepAlive"] is True and plist["RunAtLoad"] is True

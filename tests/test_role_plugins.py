@@ -28,7 +28,11 @@ def test_settings_come_from_env_example():
 
 
 def test_valid_env_has_no_errors():
-    env = {"LOG_LEVEL": "warning", "SSE_REPLAY_LIMIT": 10, "CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS": True}
+    env = {
+        "LOG_LEVEL": "warning",
+        "SSE_REPLAY_LIMIT": 10,
+        "CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS": True,
+    }
     assert agented_backend_env_errors(env, SRC) == []
 
 
@@ -49,14 +53,20 @@ def test_newline_is_refused():
 
 def test_errors_never_show_a_secret_value():
     errors = agented_backend_env_errors(
-        {"GITHUB_WEBHOOK_SECRET": "hunter2-secret\nsecond line", "SECRET_KEY": ["zz-listed-secret"]}, SRC
+        {
+            "GITHUB_WEBHOOK_SECRET": "hunter2-secret\nsecond line",
+            "SECRET_KEY": ["zz-listed-secret"],
+        },
+        SRC,
     )
     assert len(errors) == 2
     assert not any("hunter2" in error or "zz-listed" in error for error in errors), errors
 
 
 def test_values_layer_defaults_role_values_and_user_values():
-    values = agented_backend_env_values({"LOG_LEVEL": "debug"}, SRC, {"AGENTED_DB_PATH": "/var/lib/x.db"})
+    values = agented_backend_env_values(
+        {"LOG_LEVEL": "debug"}, SRC, {"AGENTED_DB_PATH": "/var/lib/x.db"}
+    )
     assert values["LOG_LEVEL"] == "debug"
     assert values["AGENTED_DB_PATH"] == "/var/lib/x.db"
     assert values["GUNICORN_BIND"] == "0.0.0.0:20000"
@@ -65,7 +75,17 @@ def test_values_layer_defaults_role_values_and_user_values():
 
 @pytest.mark.parametrize(
     "value",
-    ["plain", "with spaces", "hash # here", "#start", "quotes ' and \"", "dollar $HOME ${HOME}", "a=b=c", "back\\slash\\'", ""],
+    [
+        "plain",
+        "with spaces",
+        "hash # here",
+        "#start",
+        "quotes ' and \"",
+        "dollar $HOME ${HOME}",
+        "a=b=c",
+        "back\\slash\\'",
+        "",
+    ],
 )
 def test_quoting_reaches_python_dotenv_exactly(tmp_path, value):
     env = tmp_path / ".env"
@@ -77,7 +97,9 @@ def test_quoting_reaches_python_dotenv_exactly(tmp_path, value):
 
 def test_listen_address_and_probe_url():
     assert agented_backend_listen("0.0.0.0:20000") == {
-        "listen": "0.0.0.0:20000", "url": "http://127.0.0.1:20000", "port": 20000,
+        "listen": "0.0.0.0:20000",
+        "url": "http://127.0.0.1:20000",
+        "port": 20000,
     }
     assert agented_backend_listen("[::]:8080")["url"] == "http://[::1]:8080"
     with pytest.raises(AnsibleFilterError, match="GUNICORN_BIND"):
@@ -87,7 +109,15 @@ def test_listen_address_and_probe_url():
 def make_backend(path):
     for name in ("pyproject.toml", "uv.lock", "gunicorn.conf.py", ".env.example"):
         (path / name).write_text(name)
-    for name in ("app/__init__.py", "app/__pycache__/x.pyc", ".venv/bin/python", "tests/test_x.py", ".env", "agented.db", "gunicorn.log"):
+    for name in (
+        "app/__init__.py",
+        "app/__pycache__/x.pyc",
+        ".venv/bin/python",
+        "tests/test_x.py",
+        ".env",
+        "agented.db",
+        "gunicorn.log",
+    ):
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_text(name)
     return path
@@ -96,7 +126,13 @@ def make_backend(path):
 def test_release_ships_source_only_and_its_id_follows_the_content(tmp_path):
     backend = make_backend(tmp_path)
     first = release(str(backend))
-    assert sorted(first["files"]) == [".env.example", "app/__init__.py", "gunicorn.conf.py", "pyproject.toml", "uv.lock"]
+    assert sorted(first["files"]) == [
+        ".env.example",
+        "app/__init__.py",
+        "gunicorn.conf.py",
+        "pyproject.toml",
+        "uv.lock",
+    ]
     assert first["dirs"] == ["app"]
     (backend / ".venv/bin/python").write_text("changed")
     assert release(str(backend))["id"] == first["id"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import WEBHOOK_SECRET, Gunicorn, backend_copy
 
 from app import create_app
+from helpers import WEBHOOK_SECRET, Gunicorn, backend_copy
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ import subprocess
 import sys
 import threading
 
-from helpers import BACKEND_DIR
-
 from app import db, secret_key
+from helpers import BACKEND_DIR
 
 
 def test_sqlite_is_recent_enough():

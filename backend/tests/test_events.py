@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import deliver, parse_sse
 
 from app import db, events, lifecycle
+from helpers import deliver, parse_sse
 
 
 class Stream:

@@ -6,10 +6,10 @@ import json
 import time
 
 import pytest
-from helpers import deliver
 
 from app import create_app, db, jobs
 from app.executions import mark_stale
+from helpers import deliver
 
 
 def age(app, table: str, seconds: float) -> None:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from app import db, events
 from helpers import (
     EventStream,
     Gunicorn,
@@ -23,8 +25,6 @@ from helpers import (
     free_port,
     request,
 )
-
-from app import db, events
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and prctl")
 

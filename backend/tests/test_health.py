@@ -6,9 +6,9 @@ import os
 import tomllib
 
 import pytest
-from helpers import BACKEND_DIR
 
 from app import create_app, db, lifecycle
+from helpers import BACKEND_DIR
 
 
 def pyproject_version() -> str:

@@ -15,14 +15,14 @@ import re
 
 import pytest
 from flask import Flask
-from helpers import WEBHOOK_SECRET, parse_sse
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_webhooks import Tripwire, call
 from werkzeug.test import EnvironBuilder
 
 from app import create_app, db, events
 from app.webhooks import signature_of
+from helpers import WEBHOOK_SECRET, parse_sse
+from test_webhooks import Tripwire, call
 
 LIMIT = 4096
 delivery_numbers = itertools.count()

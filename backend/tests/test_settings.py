@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
-from helpers import BACKEND_DIR, clean_environment, delivery_request
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app import create_app, jobs, settings
 from app.settings import SETTINGS, SETTINGS_BY_NAME, Setting, SettingsError
+from helpers import BACKEND_DIR, clean_environment, delivery_request
 
 # A valid value different from the default for every setting.
 NON_DEFAULTS = {

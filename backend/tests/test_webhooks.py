@@ -6,11 +6,11 @@ import io
 import json
 
 import pytest
-from helpers import WEBHOOK_SECRET, deliver
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from app import create_app, db, events
 from app.webhooks import signature_of
+from helpers import WEBHOOK_SECRET, deliver
 
 GITHUB_TEST_VECTOR = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
 

@@ -45,8 +45,12 @@ def get(path, timeout=REQUEST_TIMEOUT):
 
 
 def unit(*properties):
-    out = subprocess.run(["systemctl", "show", UNIT, "--property=" + ",".join(properties)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["systemctl", "show", UNIT, "--property=" + ",".join(properties)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
@@ -89,17 +93,32 @@ def wait_ready(not_master=None, deadline=60.0):
 def journal_since(realtime):
     """systemd's messages about the unit since a time.time() value, as (seconds after it, text)."""
     out = subprocess.run(
-        ["journalctl", "--unit", UNIT, "--output", "json", "--no-pager",
-         "--since", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(realtime - 1))],
-        capture_output=True, text=True).stdout
+        [
+            "journalctl",
+            "--unit",
+            UNIT,
+            "--output",
+            "json",
+            "--no-pager",
+            "--since",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(realtime - 1)),
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
     lines = []
     for line in out.splitlines():
         entry = json.loads(line)
         seconds = int(entry["__REALTIME_TIMESTAMP"]) / 1e6 - realtime
         if seconds >= 0:
             message = entry.get("MESSAGE")
-            lines.append((round(seconds, 4), message if isinstance(message, str) else str(message),
-                          entry.get("_PID") == "1"))
+            lines.append(
+                (
+                    round(seconds, 4),
+                    message if isinstance(message, str) else str(message),
+                    entry.get("_PID") == "1",
+                )
+            )
     return lines
 
 
@@ -134,8 +153,13 @@ class Load:
         status, body = get(self.path)
         elapsed = time.monotonic() - t0
         with self.lock:
-            self.records.append([round(sent, 4), round(elapsed, 4),
-                                 status if isinstance(status, int) else f"{status}: {body}"[:200]])
+            self.records.append(
+                [
+                    round(sent, 4),
+                    round(elapsed, 4),
+                    status if isinstance(status, int) else f"{status}: {body}"[:200],
+                ]
+            )
 
     def run(self, start):
         threads = []
@@ -145,7 +169,9 @@ class Load:
             delay = due - time.monotonic()
             if delay > 0 and self.stop.wait(delay):
                 break
-            thread = threading.Thread(target=self.one, args=(time.monotonic() - start,), daemon=True)
+            thread = threading.Thread(
+                target=self.one, args=(time.monotonic() - start,), daemon=True
+            )
             thread.start()
             threads.append(thread)
         for thread in threads:
@@ -160,7 +186,9 @@ def main(argv):
     parser.add_argument("--out", required=True)
     parser.add_argument("--kills", type=int, default=0)
     parser.add_argument("--settle", type=float, default=1.0)
-    parser.add_argument("--lead", type=float, default=2.0, help="seconds of load before the first disturbance")
+    parser.add_argument(
+        "--lead", type=float, default=2.0, help="seconds of load before the first disturbance"
+    )
     parser.add_argument("--action-at", type=float, default=0.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--every", type=float, default=5.0)
@@ -192,9 +220,15 @@ def main(argv):
             time.sleep(max(0.0, due - (time.monotonic() - start)))
             at = time.monotonic() - start
             result = subprocess.run(args.action, capture_output=True, text=True)
-            actions.append({"at": round(at, 4), "seconds": round(time.monotonic() - start - at, 4),
-                            "command": args.action, "returncode": result.returncode,
-                            "output": (result.stdout + result.stderr)[-500:]})
+            actions.append(
+                {
+                    "at": round(at, 4),
+                    "seconds": round(time.monotonic() - start - at, 4),
+                    "command": args.action,
+                    "returncode": result.returncode,
+                    "output": (result.stdout + result.stderr)[-500:],
+                }
+            )
         if args.stop_file:
             while not os.path.exists(args.stop_file) and time.monotonic() - start < args.seconds:
                 time.sleep(0.1)
@@ -211,15 +245,25 @@ def main(argv):
         kill["breakdown"] = breakdown([e for e in later if 0 <= e[0] < 60])
         del kill["wall"]
     failed = [r for r in load.records if not (isinstance(r[2], int) and r[2] < 400)]
-    unit_events = [(seconds, text) for seconds, text, from_systemd in journal if from_systemd and
-                   text.split(" ", 1)[0] in ("Stopping", "Stopped", "Starting", "Started", "Reloading", "Reloaded")]
+    unit_events = [
+        (seconds, text)
+        for seconds, text, from_systemd in journal
+        if from_systemd
+        and text.split(" ", 1)[0]
+        in ("Stopping", "Stopped", "Starting", "Started", "Reloading", "Reloaded")
+    ]
     result = {
-        "path": args.path, "rate": args.rate, "duration": round(duration, 3),
-        "start_monotonic": start, "unit_events": unit_events,
+        "path": args.path,
+        "rate": args.rate,
+        "duration": round(duration, 3),
+        "start_monotonic": start,
+        "unit_events": unit_events,
         "workers_booted": sum("Booting worker" in text for _, text, _ in journal),
-        "requests": len(load.records), "failed": len(failed),
+        "requests": len(load.records),
+        "failed": len(failed),
         "failures": sorted({str(r[2]) for r in failed})[:10],
-        "kills": kills, "actions": actions,
+        "kills": kills,
+        "actions": actions,
     }
     with open(args.out + ".part", "w") as stream:
         json.dump({**result, "records": sorted(load.records)}, stream)

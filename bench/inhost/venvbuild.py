@@ -37,8 +37,13 @@ def uv_build(uv, project, cache, env, bytecode=False):
     for name in ("pyproject.toml", "uv.lock"):
         shutil.copy(os.path.join(project, name), target)
     cmd = [uv, "sync", "--frozen", "--no-dev"] + (["--compile-bytecode"] if bytecode else [])
-    env = {**env, "UV_CACHE_DIR": cache, "UV_PYTHON": "python3", "UV_PYTHON_DOWNLOADS": "never",
-           "UV_NO_PROGRESS": "1"}
+    env = {
+        **env,
+        "UV_CACHE_DIR": cache,
+        "UV_PYTHON": "python3",
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_NO_PROGRESS": "1",
+    }
     return timed(cmd, env, cwd=target)
 
 
@@ -48,20 +53,34 @@ def pip_build(requirements, cache, env):
     start = time.monotonic()
     timed(["python3", "-m", "venv", venv], env)
     cache_args = ["--cache-dir", cache] if cache else ["--no-cache-dir"]
-    timed([f"{venv}/bin/pip", "install", "--quiet", "--disable-pip-version-check", *cache_args,
-           "-r", requirements], env)
+    timed(
+        [
+            f"{venv}/bin/pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *cache_args,
+            "-r",
+            requirements,
+        ],
+        env,
+    )
     return time.monotonic() - start
 
 
 def main(uv, project, requirements, rounds):
     env = dict(os.environ)
-    times = {name: [] for name in ("uv-cold", "uv-cold-bytecode", "pip-cold", "uv-warm", "pip-warm")}
+    times = {
+        name: [] for name in ("uv-cold", "uv-cold-bytecode", "pip-cold", "uv-warm", "pip-warm")
+    }
     for _ in range(int(rounds)):
         for name in ("uv-cache", "pip-cache"):
             shutil.rmtree(f"{WORK}/{name}", ignore_errors=True)
         times["uv-cold"].append(uv_build(uv, project, f"{WORK}/uv-cache-nobc", env))
         shutil.rmtree(f"{WORK}/uv-cache-nobc", ignore_errors=True)
-        times["uv-cold-bytecode"].append(uv_build(uv, project, f"{WORK}/uv-cache", env, bytecode=True))
+        times["uv-cold-bytecode"].append(
+            uv_build(uv, project, f"{WORK}/uv-cache", env, bytecode=True)
+        )
         times["pip-cold"].append(pip_build(requirements, None, env))
         pip_build(requirements, f"{WORK}/pip-cache", env)  # fills pip's cache
         times["uv-warm"].append(uv_build(uv, project, f"{WORK}/uv-cache", env, bytecode=True))

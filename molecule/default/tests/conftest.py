@@ -55,6 +55,7 @@ _FIGURES: dict[str, dict[str, str]] = collections.defaultdict(dict)
 
 # --- the backend's declaration of its settings ----------------------------------------------
 
+
 def _load_settings():
     path = PROJECT_DIR / "backend" / "app" / "settings.py"
     spec = importlib.util.spec_from_file_location("agented_settings_for_tests", path)
@@ -74,6 +75,7 @@ def webhook_secret() -> str:
 
 
 # --- hosts ------------------------------------------------------------------------------------
+
 
 def name_of(host) -> str:
     """The inventory name of a testinfra host, which is also its molecule instance (container)."""
@@ -179,6 +181,7 @@ def post_webhook(host, delivery: str, secret: str | None = None) -> dict:
 
 # --- ansible-playbook against the converged hosts ---------------------------------------------
 
+
 class PlaybookRun:
     def __init__(self, command: list[str], completed: subprocess.CompletedProcess):
         self.command = command
@@ -213,8 +216,13 @@ def ansible_playbook(playbook: str, *args: str, extra_vars: dict | None = None) 
         command += [*args, str(playbook)]
         env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
         completed = subprocess.run(
-            command, env=env, cwd=PROJECT_DIR, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, timeout=900,
+            command,
+            env=env,
+            cwd=PROJECT_DIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=900,
         )
     return PlaybookRun(command, completed)
 
@@ -235,6 +243,7 @@ def env_with(**changes) -> dict:
 
 
 # --- figures ----------------------------------------------------------------------------------
+
 
 def figure(table: str, row: str, column: str, value: str) -> None:
     """Print a measured figure now and keep it for the summary table at the end."""

@@ -36,7 +36,9 @@ POLL = 0.02
 def unit(*properties):
     out = subprocess.run(
         ["systemctl", "show", UNIT, "--property=" + ",".join(properties)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
@@ -150,12 +152,14 @@ def restart(target, signame):
 
 
 def signed_post(delivery):
-    body = json.dumps({
-        "zen": "Keep it logically awesome.",
-        "ref": "refs/heads/main",
-        "repository": {"full_name": "agented/molecule-test"},
-        "molecule_delivery": delivery,
-    }).encode()
+    body = json.dumps(
+        {
+            "zen": "Keep it logically awesome.",
+            "ref": "refs/heads/main",
+            "repository": {"full_name": "agented/molecule-test"},
+            "molecule_delivery": delivery,
+        }
+    ).encode()
     secret = os.environ["WEBHOOK_SECRET"].encode()
     request = urllib.request.Request(
         URL + "/api/webhooks/github",
@@ -201,7 +205,9 @@ def stored(deliveries):
     found = set()
     # Read-only, as the service user (see the module docstring); WAL content is included.
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
-        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        tables = [
+            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
         for table in tables:
             for row in db.execute(f'SELECT * FROM "{table}"'):
                 for cell in row:

@@ -5,9 +5,26 @@ import re
 import pytest
 
 from conftest import (
-    CONFIG_DIR, CURRENT, DOCUMENTED, ENV_FILE, GROUP, PORT, RELEASES_DIR, RESTART_PROMISE,
-    SECRET_KEY_FILE, SERVICE, SOCKET, STATE_DIR, USER, VENV, figure, name_of, seconds, sh,
-    show, wait_ready,
+    CONFIG_DIR,
+    CURRENT,
+    DOCUMENTED,
+    ENV_FILE,
+    GROUP,
+    PORT,
+    RELEASES_DIR,
+    RESTART_PROMISE,
+    SECRET_KEY_FILE,
+    SERVICE,
+    SOCKET,
+    STATE_DIR,
+    USER,
+    VENV,
+    figure,
+    name_of,
+    seconds,
+    sh,
+    show,
+    wait_ready,
 )
 
 MAX_EXPOSURE = 1.5
@@ -15,19 +32,25 @@ MAX_EXPOSURE = 1.5
 
 # --- the service account -----------------------------------------------------------------------
 
+
 def test_service_account_is_a_system_account_without_login(host):
     user = host.user(USER)
     assert user.exists
     assert user.group == GROUP
     assert host.group(GROUP).exists
-    sys_uid_max = int(sh(host, "awk '$1 == \"SYS_UID_MAX\" {print $2}' /etc/login.defs").strip() or 999)
+    sys_uid_max = int(
+        sh(host, "awk '$1 == \"SYS_UID_MAX\" {print $2}' /etc/login.defs").strip() or 999
+    )
     assert user.uid <= sys_uid_max, f"uid {user.uid} is not a system uid (<= {sys_uid_max})"
     assert user.shell in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false")
     assert user.home == STATE_DIR
-    assert sh(host, f"passwd --status {USER}").split()[1] in ("L", "NP"), "the account has a password"
+    assert sh(host, f"passwd --status {USER}").split()[1] in ("L", "NP"), (
+        "the account has a password"
+    )
 
 
 # --- files and permissions ---------------------------------------------------------------------
+
 
 def test_release_holds_a_venv_with_gunicorn_and_gevent(host):
     assert host.file(CURRENT).is_symlink
@@ -56,7 +79,9 @@ def test_env_file_is_readable_by_the_service_only_and_writable_by_root_only(host
 def test_env_file_has_every_documented_variable(host):
     # Set ones as NAME=value; unset ones without a default may stay commented out ("# TZ="),
     # as in .env.example: either way a reader of the host's .env sees every variable.
-    names = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=", sh(host, f"cat {ENV_FILE}"), re.MULTILINE))
+    names = set(
+        re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=", sh(host, f"cat {ENV_FILE}"), re.MULTILINE)
+    )
     missing = [name for name in DOCUMENTED if name not in names]
     assert not missing, f"{ENV_FILE} lacks {missing}"
     undocumented = sorted(names - set(DOCUMENTED))
@@ -64,7 +89,9 @@ def test_env_file_has_every_documented_variable(host):
 
 
 def test_releases_are_not_writable_by_the_service(host):
-    writable = sh(host, f"runuser -u {USER} -- find {RELEASES_DIR}/ -writable -print -quit", check=False)
+    writable = sh(
+        host, f"runuser -u {USER} -- find {RELEASES_DIR}/ -writable -print -quit", check=False
+    )
     assert writable.strip() == "", f"the service user can write {writable.strip()}"
     for path in (RELEASES_DIR, CURRENT + "/", VENV + "/"):
         f = host.file(path)
@@ -78,13 +105,16 @@ def test_state_directory_is_private_to_the_service(host):
     assert host.run(f"runuser -u nobody -- ls {STATE_DIR}").rc != 0
     for name in sh(host, f"ls -A {STATE_DIR}").split():
         f = host.file(f"{STATE_DIR}/{name}")
-        assert f.user == USER, f"{STATE_DIR}/{name} belongs to {f.user}: the service cannot manage it"
+        assert f.user == USER, (
+            f"{STATE_DIR}/{name} belongs to {f.user}: the service cannot manage it"
+        )
     key = host.file(SECRET_KEY_FILE)
     if key.exists:
         assert key.mode & 0o077 == 0, f"{SECRET_KEY_FILE}: {key.mode:04o}"
 
 
 # --- the unit as systemd runs it ---------------------------------------------------------------
+
 
 def test_service_is_enabled_and_active(host):
     service = host.service(SERVICE)
@@ -95,9 +125,23 @@ def test_service_is_enabled_and_active(host):
 
 
 def test_unit_restarts_on_failure_within_the_promise(host):
-    p = show(host, SERVICE, "Type", "Restart", "RestartUSec", "RestartForceExitStatus", "KillMode",
-             "TimeoutStopUSec", "User", "Group", "WorkingDirectory", "ExecStart", "ExecReload",
-             "StartLimitBurst", "StartLimitIntervalUSec")
+    p = show(
+        host,
+        SERVICE,
+        "Type",
+        "Restart",
+        "RestartUSec",
+        "RestartForceExitStatus",
+        "KillMode",
+        "TimeoutStopUSec",
+        "User",
+        "Group",
+        "WorkingDirectory",
+        "ExecStart",
+        "ExecReload",
+        "StartLimitBurst",
+        "StartLimitIntervalUSec",
+    )
     assert p["Type"] == "notify"
     assert p["Restart"] == "on-failure"
     assert seconds(p["RestartUSec"]) <= RESTART_PROMISE, p["RestartUSec"]
@@ -146,8 +190,12 @@ def test_readiness_answers_200_inside_the_host(host):
 def test_sandbox_exposure_is_low(host):
     out = sh(host, f"systemd-analyze security --no-pager {SERVICE}")
     score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out).group(1))
-    figure("exposure score (systemd-analyze security agented.service)", "agented.service",
-           name_of(host), f"{score:.1f}")
+    figure(
+        "exposure score (systemd-analyze security agented.service)",
+        "agented.service",
+        name_of(host),
+        f"{score:.1f}",
+    )
     assert score <= MAX_EXPOSURE, f"exposure {score} > {MAX_EXPOSURE}:\n{out}"
 
 

@@ -11,8 +11,20 @@ import time
 import pytest
 
 from conftest import (
-    PORT, RESTART_PROMISE, SERVICE, SOCKET, figure, name_of, on_all, probe, seconds, sh, show,
-    stored, wait_ready, webhook_secret,
+    PORT,
+    RESTART_PROMISE,
+    SERVICE,
+    SOCKET,
+    figure,
+    name_of,
+    on_all,
+    probe,
+    seconds,
+    sh,
+    show,
+    stored,
+    wait_ready,
+    webhook_secret,
 )
 
 TABLE = "seconds from the kill to readiness 200 (new master)"
@@ -22,8 +34,11 @@ TABLE = "seconds from the kill to readiness 200 (new master)"
 def serving(host):
     """Each test starts from a serving host, so one failure does not fail the ones after it."""
     if not wait_ready(host, 5)["ready"]:
-        sh(host, f"systemctl reset-failed {SERVICE} {SOCKET}; systemctl start {SOCKET} {SERVICE}",
-           check=False)
+        sh(
+            host,
+            f"systemctl reset-failed {SERVICE} {SOCKET}; systemctl start {SOCKET} {SERVICE}",
+            check=False,
+        )
         assert wait_ready(host, 30)["ready"], "the host does not serve, even after a fresh start"
 
 
@@ -31,18 +46,25 @@ def restart(host, target, signame):
     result = probe(host, "restart", target, signame)
     assert "error" not in result, result
     shown = "not back" if result["seconds"] is None else f"{result['seconds']:.2f} s"
-    figure(TABLE, f"{signame} of the {'process group' if target == 'group' else target}",
-           name_of(host), shown)
+    figure(
+        TABLE,
+        f"{signame} of the {'process group' if target == 'group' else target}",
+        name_of(host),
+        shown,
+    )
     return result
 
 
-@pytest.mark.parametrize("target, signame", [
-    ("master", "SIGKILL"),
-    ("master", "SIGTERM"),  # a plain `kill <pid>` from outside systemd: Gunicorn exits 0
-    ("master", "SIGSEGV"),
-    ("master", "SIGABRT"),
-    ("group", "SIGKILL"),
-])
+@pytest.mark.parametrize(
+    "target, signame",
+    [
+        ("master", "SIGKILL"),
+        ("master", "SIGTERM"),  # a plain `kill <pid>` from outside systemd: Gunicorn exits 0
+        ("master", "SIGSEGV"),
+        ("master", "SIGABRT"),
+        ("group", "SIGKILL"),
+    ],
+)
 def test_killed_master_is_replaced_within_5_seconds(host, target, signame):
     r = restart(host, target, signame)
     assert r["seconds"] is not None, f"not serving again after 30 s: {r}"
@@ -83,8 +105,12 @@ def test_systemctl_stop_leaves_it_stopped_and_start_brings_it_back(host):
     sh(host, f"systemctl start {SERVICE}")
     waited = wait_ready(host, 30)
     assert waited["ready"], waited
-    figure("seconds from `systemctl start` to readiness 200", "after systemctl stop agented",
-           name_of(host), f"{waited['seconds']:.2f} s")
+    figure(
+        "seconds from `systemctl start` to readiness 200",
+        "after systemctl stop agented",
+        name_of(host),
+        f"{waited['seconds']:.2f} s",
+    )
 
 
 def test_stopping_socket_and_service_stops_it_fully(host):
@@ -94,15 +120,17 @@ def test_stopping_socket_and_service_stops_it_fully(host):
     assert show(host, SOCKET, "ActiveState")["ActiveState"] == "inactive"
     # What a user sees: nothing listens any more.
     refused = host.run(
-        f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {PORT}), 2)'")
+        f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {PORT}), 2)'"
+    )
     assert refused.rc != 0 and "Connection refused" in refused.stderr, refused.stderr
 
     # `systemctl start agented` alone brings back the whole service, socket included.
     sh(host, f"systemctl start {SERVICE}")
     waited = wait_ready(host, 30)
     assert waited["ready"], waited
-    assert show(host, SOCKET, "ActiveState")["ActiveState"] == "active", \
+    assert show(host, SOCKET, "ActiveState")["ActiveState"] == "active", (
         "starting agented.service did not start agented.socket (Requires=/Wants= it?)"
+    )
 
 
 # --- crash loop and reboot: slow, so every host at once ------------------------------------------
@@ -118,10 +146,14 @@ def _crash_loop(host):
     limit = seconds(p["StartLimitIntervalUSec"]) + 10
     # systemd's start limit is a fixed window opened by the first start in it, here one of the
     # kill tests'; reset-failed zeroes the counter so that the loop starts a window of its own.
-    sh(host, f"mkdir -p {CRASH_DROP_IN.rsplit('/', 1)[0]} && "
-             f"printf '[Service]\\nEnvironment=LOG_LEVEL=loud\\n' > {CRASH_DROP_IN} && "
-             f"systemctl daemon-reload && systemctl reset-failed {SERVICE} && "
-             f"systemctl restart {SERVICE}", check=False)
+    sh(
+        host,
+        f"mkdir -p {CRASH_DROP_IN.rsplit('/', 1)[0]} && "
+        f"printf '[Service]\\nEnvironment=LOG_LEVEL=loud\\n' > {CRASH_DROP_IN} && "
+        f"systemctl daemon-reload && systemctl reset-failed {SERVICE} && "
+        f"systemctl restart {SERVICE}",
+        check=False,
+    )
     start = time.monotonic()
     state = {}
     try:
@@ -133,10 +165,19 @@ def _crash_loop(host):
         gave_up_after = time.monotonic() - start
         log = sh(host, f"journalctl -u {SERVICE} --lines 300 --no-pager -o cat", check=False)
     finally:
-        sh(host, f"rm -f {CRASH_DROP_IN} && systemctl daemon-reload && "
-                 f"systemctl reset-failed {SERVICE} {SOCKET} && systemctl start {SOCKET} {SERVICE}")
-    return {"state": state, "burst": burst, "restarts": int(state.get("NRestarts", restarts)) - restarts,
-            "seconds": gave_up_after, "log": log, "ready_again": wait_ready(host, 30)["ready"]}
+        sh(
+            host,
+            f"rm -f {CRASH_DROP_IN} && systemctl daemon-reload && "
+            f"systemctl reset-failed {SERVICE} {SOCKET} && systemctl start {SOCKET} {SERVICE}",
+        )
+    return {
+        "state": state,
+        "burst": burst,
+        "restarts": int(state.get("NRestarts", restarts)) - restarts,
+        "seconds": gave_up_after,
+        "log": log,
+        "ready_again": wait_ready(host, 30)["ready"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +187,18 @@ def crash_loops(all_hosts):
 
 def test_crash_loop_gives_up_and_shows_the_cause(host, crash_loops):
     r = crash_loops[name_of(host)]
-    figure("crash loop (every start fails)", "systemd gives up after", name_of(host),
-           f"{r['seconds']:.1f} s, {r['restarts']} restarts")
+    figure(
+        "crash loop (every start fails)",
+        "systemd gives up after",
+        name_of(host),
+        f"{r['seconds']:.1f} s, {r['restarts']} restarts",
+    )
     assert r["state"].get("ActiveState") == "failed", f"still restarting: {r['state']}"
     # systemd 252 keeps the last exit's Result and logs the start limit; later ones may report it.
-    assert r["state"].get("Result") == "start-limit-hit" or "Start request repeated too quickly" in r["log"], \
-        f"it failed, but not by the start limit: {r['state']}"
+    assert (
+        r["state"].get("Result") == "start-limit-hit"
+        or "Start request repeated too quickly" in r["log"]
+    ), f"it failed, but not by the start limit: {r['state']}"
     assert r["restarts"] <= r["burst"], r
     assert "LOG_LEVEL" in r["log"], f"the journal does not say why it fails:\n{r['log'][-2000:]}"
     assert r["ready_again"], "the service did not come back after the crash loop"
@@ -165,8 +212,12 @@ def _reboot(host):
     start = time.monotonic()
     subprocess.run(["docker", "start", name], check=True, capture_output=True)
     waited = wait_ready(host, 60)
-    return {"ready": waited["ready"], "seconds": time.monotonic() - start, "before": before,
-            "after": show(host, SERVICE, "MainPID", "ActiveState", "UnitFileState")}
+    return {
+        "ready": waited["ready"],
+        "seconds": time.monotonic() - start,
+        "before": before,
+        "after": show(host, SERVICE, "MainPID", "ActiveState", "UnitFileState"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +227,11 @@ def reboots(all_hosts):
 
 def test_service_comes_back_after_a_reboot(host, reboots):
     r = reboots[name_of(host)]
-    figure("reboot (docker stop + start)", "seconds from start to readiness 200", name_of(host),
-           f"{r['seconds']:.1f} s")
+    figure(
+        "reboot (docker stop + start)",
+        "seconds from start to readiness 200",
+        name_of(host),
+        f"{r['seconds']:.1f} s",
+    )
     assert r["ready"], r
     assert r["after"]["ActiveState"] == "active" and r["after"]["UnitFileState"] == "enabled", r
-

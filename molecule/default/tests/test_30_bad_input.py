@@ -9,8 +9,16 @@ master process, same release.
 import pytest
 
 from conftest import (
-    CONVERGE, ENV_FILE, SERVICE, ansible_playbook, current_release, env_with, file_digest, on_all,
-    ready, show,
+    CONVERGE,
+    ENV_FILE,
+    SERVICE,
+    ansible_playbook,
+    current_release,
+    env_with,
+    file_digest,
+    on_all,
+    ready,
+    show,
 )
 
 LEAKED = "molecule-leak-9e3d"
@@ -67,7 +75,9 @@ def test_bad_input_fails_before_any_change(all_hosts, case):
     if "newline" in case:
         assert "line break" in run.output or "newline" in run.output, f"no reason given:\n{run}"
     assert LEAKED not in run.output, f"a secret value was printed:\n{run}"
-    assert "Traceback (most recent call last)" not in run.output, f"a traceback, not a message:\n{run}"
+    assert "Traceback (most recent call last)" not in run.output, (
+        f"a traceback, not a message:\n{run}"
+    )
 
     after = on_all(all_hosts, _state)
     assert after == before, f"a host changed: {before} -> {after}"

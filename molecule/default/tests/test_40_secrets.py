@@ -14,8 +14,20 @@ import shlex
 import pytest
 
 from conftest import (
-    CONVERGE, ENV_FILE, GROUP_VARS, SECRETS, USER, VENV, ansible_playbook, effective_secret_key,
-    env_with, name_of, on_all, post_webhook, sh, webhook_secret,
+    CONVERGE,
+    ENV_FILE,
+    GROUP_VARS,
+    SECRETS,
+    USER,
+    VENV,
+    ansible_playbook,
+    effective_secret_key,
+    env_with,
+    name_of,
+    on_all,
+    post_webhook,
+    sh,
+    webhook_secret,
 )
 
 NEW_SECRETS = {
@@ -25,8 +37,11 @@ NEW_SECRETS = {
 
 
 def markers() -> set[str]:
-    values = [GROUP_VARS["agented_backend_env"][name] for name in SECRETS
-              if GROUP_VARS["agented_backend_env"].get(name)]
+    values = [
+        GROUP_VARS["agented_backend_env"][name]
+        for name in SECRETS
+        if GROUP_VARS["agented_backend_env"].get(name)
+    ]
     return {value.split()[0] for value in [*values, *NEW_SECRETS.values()]}
 
 
@@ -51,11 +66,16 @@ def digest(value: str) -> str:
 @pytest.fixture(scope="module")
 def runs(all_hosts):
     keys_before = on_all(all_hosts, effective_secret_key)
-    rotated = ansible_playbook(CONVERGE, "-vvv", "--diff",
-                               extra_vars={"agented_backend_env": env_with(**NEW_SECRETS)})
+    rotated = ansible_playbook(
+        CONVERGE, "-vvv", "--diff", extra_vars={"agented_backend_env": env_with(**NEW_SECRETS)}
+    )
     seen_rotated = on_all(all_hosts, loaded_digests)
-    webhook_rotated = on_all(all_hosts, lambda h: post_webhook(h, f"molecule-rot-{name_of(h)}",
-                                                                NEW_SECRETS["GITHUB_WEBHOOK_SECRET"]))
+    webhook_rotated = on_all(
+        all_hosts,
+        lambda h: post_webhook(
+            h, f"molecule-rot-{name_of(h)}", NEW_SECRETS["GITHUB_WEBHOOK_SECRET"]
+        ),
+    )
     restored = ansible_playbook(CONVERGE, "-vvv", "--diff")
     return {
         "keys_before": keys_before,
@@ -64,7 +84,9 @@ def runs(all_hosts):
         "seen_rotated": seen_rotated,
         "seen_restored": on_all(all_hosts, loaded_digests),
         "webhook_rotated": webhook_rotated,
-        "webhook_restored": on_all(all_hosts, lambda h: post_webhook(h, f"molecule-res-{name_of(h)}")),
+        "webhook_restored": on_all(
+            all_hosts, lambda h: post_webhook(h, f"molecule-res-{name_of(h)}")
+        ),
     }
 
 
@@ -73,7 +95,9 @@ def test_no_secret_in_verbose_output_or_diff(runs, run_name):
     run = runs["runs"][run_name]
     assert run.rc == 0, str(run)
     leaked = sorted(m for m in markers() if m in run.output)
-    keys = [k for k in runs["keys_before"].values() if k] + [k for k in runs["keys_after"].values() if k]
+    keys = [k for k in runs["keys_before"].values() if k] + [
+        k for k in runs["keys_after"].values() if k
+    ]
     leaked += ["a generated SECRET_KEY" for key in set(keys) if key in run.output]
     assert not leaked, f"{run_name}: secrets in the output at -vvv --diff: {leaked}"
 

@@ -18,9 +18,24 @@ from pathlib import Path
 import pytest
 
 from conftest import (
-    CONVERGE, ENV_FILE, PROJECT_DIR, RELEASES_DIR, ROLLBACK, SERVICE, ansible_playbook,
-    current_release, effective_secret_key, figure, file_digest, name_of, on_all, post_webhook,
-    ready, sh, show, stored,
+    CONVERGE,
+    ENV_FILE,
+    PROJECT_DIR,
+    RELEASES_DIR,
+    ROLLBACK,
+    SERVICE,
+    ansible_playbook,
+    current_release,
+    effective_secret_key,
+    figure,
+    file_digest,
+    name_of,
+    on_all,
+    post_webhook,
+    ready,
+    sh,
+    show,
+    stored,
 )
 
 BROKEN_MODULE = "agented_molecule_deliberately_missing_module"
@@ -30,9 +45,23 @@ HEALTH_TIMEOUT = 10  # seconds the role waits for the broken release before roll
 def copy_backend(into: Path) -> Path:
     """A copy of backend/ as a user would deploy it (no local venv, caches, database or .env)."""
     target = into / "backend"
-    shutil.copytree(PROJECT_DIR / "backend", target, ignore=shutil.ignore_patterns(
-        ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", ".env", ".secret_key",
-        "*.db", "*.db-wal", "*.db-shm", "*.log"))
+    shutil.copytree(
+        PROJECT_DIR / "backend",
+        target,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            "__pycache__",
+            ".pytest_cache",
+            ".ruff_cache",
+            ".hypothesis",
+            ".env",
+            ".secret_key",
+            "*.db",
+            "*.db-wal",
+            "*.db-shm",
+            "*.log",
+        ),
+    )
     return target
 
 
@@ -49,17 +78,21 @@ def write(all_hosts, label):
 
 @pytest.fixture(scope="module")
 def story(all_hosts):
-    s = {"env": on_all(all_hosts, lambda h: file_digest(h, ENV_FILE)),
-         "key": on_all(all_hosts, effective_secret_key),
-         "A": on_all(all_hosts, snapshot),
-         "deliveries": [write(all_hosts, "release-a")]}
+    s = {
+        "env": on_all(all_hosts, lambda h: file_digest(h, ENV_FILE)),
+        "key": on_all(all_hosts, effective_secret_key),
+        "A": on_all(all_hosts, snapshot),
+        "deliveries": [write(all_hosts, "release-a")],
+    }
     with tempfile.TemporaryDirectory() as scratch:
         good = copy_backend(Path(scratch) / "good")
         with open(good / "app" / "__init__.py", "a") as f:
             f.write("\n# A harmless change: a new release of the same code.\n")
         started = time.monotonic()
-        s["deploy B"] = ansible_playbook(CONVERGE, extra_vars={
-            "agented_backend_src": str(good), "agented_backend_releases_keep": 2})
+        s["deploy B"] = ansible_playbook(
+            CONVERGE,
+            extra_vars={"agented_backend_src": str(good), "agented_backend_releases_keep": 2},
+        )
         s["deploy B seconds"] = time.monotonic() - started
         s["B"] = on_all(all_hosts, snapshot)
         s["releases after B"] = on_all(all_hosts, lambda h: sh(h, f"ls {RELEASES_DIR}").split())
@@ -69,8 +102,13 @@ def story(all_hosts):
         with open(broken / "app" / "__init__.py", "a") as f:
             f.write(f"\nimport {BROKEN_MODULE}  # noqa: deliberately broken release\n")
         started = time.monotonic()
-        s["deploy C"] = ansible_playbook(CONVERGE, extra_vars={
-            "agented_backend_src": str(broken), "agented_backend_health_timeout": HEALTH_TIMEOUT})
+        s["deploy C"] = ansible_playbook(
+            CONVERGE,
+            extra_vars={
+                "agented_backend_src": str(broken),
+                "agented_backend_health_timeout": HEALTH_TIMEOUT,
+            },
+        )
         s["deploy C seconds"] = time.monotonic() - started
         s["after C"] = on_all(all_hosts, snapshot)
         s["serving after C"] = on_all(all_hosts, ready)
@@ -84,11 +122,18 @@ def story(all_hosts):
     s["stored"] = on_all(all_hosts, lambda h: stored(h, *[d[name_of(h)] for d in s["deliveries"]]))
     s["env after"] = on_all(all_hosts, lambda h: file_digest(h, ENV_FILE))
     s["key after"] = on_all(all_hosts, effective_secret_key)
-    figure("deploy wall time (both hosts at once)", "a changed backend (new venv)", "seconds",
-           f"{s['deploy B seconds']:.0f}")
-    figure("deploy wall time (both hosts at once)",
-           f"a broken release, rolled back (health timeout {HEALTH_TIMEOUT} s)", "seconds",
-           f"{s['deploy C seconds']:.0f}")
+    figure(
+        "deploy wall time (both hosts at once)",
+        "a changed backend (new venv)",
+        "seconds",
+        f"{s['deploy B seconds']:.0f}",
+    )
+    figure(
+        "deploy wall time (both hosts at once)",
+        f"a broken release, rolled back (health timeout {HEALTH_TIMEOUT} s)",
+        "seconds",
+        f"{s['deploy C seconds']:.0f}",
+    )
     return s
 
 
@@ -120,8 +165,9 @@ def test_broken_release_is_rolled_back_and_the_host_keeps_serving(host, story):
 def test_rollback_playbook_returns_to_the_previous_release(host, story):
     name = name_of(host)
     assert story["rollback"].rc == 0, str(story["rollback"])
-    assert story["after rollback"][name]["release"] == story["A"][name]["release"], \
+    assert story["after rollback"][name]["release"] == story["A"][name]["release"], (
         "rollback.yml did not return to the release that ran before B"
+    )
     assert story["serving after rollback"][name]
 
 

@@ -25,8 +25,12 @@ import yaml
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1]
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", SCENARIO_DIR.parents[1]))
-HOSTS = [p["name"] for p in yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())["platforms"]]
-RESULTS = Path(os.environ.get("AGENTED_ROLLING_RESULTS") or tempfile.mkdtemp(prefix="agented-rolling-"))
+HOSTS = [
+    p["name"] for p in yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())["platforms"]
+]
+RESULTS = Path(
+    os.environ.get("AGENTED_ROLLING_RESULTS") or tempfile.mkdtemp(prefix="agented-rolling-")
+)
 CURRENT = "/opt/agented/backend/current"
 RELEASES = "/opt/agented/backend/releases"
 PROBE_UNIT = "agented-rolling-probe"
@@ -51,9 +55,22 @@ def releases_on(host: str) -> set[str]:
 def backend_copy(line: str) -> Path:
     """backend/ (source and lock) in a scratch directory, with one line appended to app/__init__.py."""
     target = Path(tempfile.mkdtemp(prefix="agented-rolling-")) / "backend"
-    shutil.copytree(PROJECT_DIR / "backend", target, ignore=shutil.ignore_patterns(
-        ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".env", "*.db*",
-        ".secret_key", "*.log", "tests"))
+    shutil.copytree(
+        PROJECT_DIR / "backend",
+        target,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            "__pycache__",
+            ".pytest_cache",
+            ".hypothesis",
+            ".ruff_cache",
+            ".env",
+            "*.db*",
+            ".secret_key",
+            "*.log",
+            "tests",
+        ),
+    )
     with open(target / "app" / "__init__.py", "a") as stream:
         stream.write(line + "\n")
     return target
@@ -68,12 +85,28 @@ class Probes:
 
     def __enter__(self) -> Probes:
         for host in HOSTS:
-            subprocess.run(["docker", "cp", str(Path(__file__).with_name("probe.py")), f"{host}:/root/probe.py"],
-                           check=True)
+            subprocess.run(
+                [
+                    "docker",
+                    "cp",
+                    str(Path(__file__).with_name("probe.py")),
+                    f"{host}:/root/probe.py",
+                ],
+                check=True,
+            )
             docker_exec(host, "rm", "-f", "/root/probe.log")
             docker_exec(host, "systemctl", "reset-failed", PROBE_UNIT, check=False)
-            docker_exec(host, "systemd-run", "--unit", PROBE_UNIT, "--collect", "--quiet",
-                        "python3", "/root/probe.py", "/root/probe.log")
+            docker_exec(
+                host,
+                "systemd-run",
+                "--unit",
+                PROBE_UNIT,
+                "--collect",
+                "--quiet",
+                "python3",
+                "/root/probe.py",
+                "/root/probe.log",
+            )
         time.sleep(2)  # every probe has answers from before the deploy
         return self
 
@@ -82,8 +115,10 @@ class Probes:
         for host in HOSTS:
             docker_exec(host, "systemctl", "stop", PROBE_UNIT, check=False)
             lines = docker_exec(host, "cat", "/root/probe.log").split("\n")
-            self.samples[host] = [(float(s), float(d), status == "200")
-                                  for s, d, status in (line.split() for line in lines if line)]
+            self.samples[host] = [
+                (float(s), float(d), status == "200")
+                for s, d, status in (line.split() for line in lines if line)
+            ]
 
 
 def answering(samples: dict[str, list[tuple[float, float, bool]]]) -> dict:
@@ -118,37 +153,72 @@ def answering(samples: dict[str, list[tuple[float, float, bool]]]) -> dict:
                 opened = None
         down[host] = windows
     inside = [count for when, count in timeline if start <= when < end]
-    return {"start": start, "end": end, "timeline": timeline, "below_minimum": low, "down": down,
-            "fewest_answering": min(inside, default=len(samples))}
+    return {
+        "start": start,
+        "end": end,
+        "timeline": timeline,
+        "below_minimum": low,
+        "down": down,
+        "fewest_answering": min(inside, default=len(samples)),
+    }
 
 
 def deploy(src: Path) -> dict:
     """playbooks/site.yml with molecule's inventory, as users run it (serial 1, any error fatal)."""
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-               "--extra-vars", json.dumps({"agented_backend_src": str(src)}), "playbooks/site.yml"]
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1"}  # molecule's ANSIBLE_CONFIG: pipelining (molecule.yml)
+    command = [
+        "ansible-playbook",
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        "--extra-vars",
+        json.dumps({"agented_backend_src": str(src)}),
+        "playbooks/site.yml",
+    ]
+    env = {
+        **os.environ,
+        "ANSIBLE_NOCOLOR": "1",
+    }  # molecule's ANSIBLE_CONFIG: pipelining (molecule.yml)
     started = time.time()
-    completed = subprocess.run(command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, timeout=1200)
-    return {"rc": completed.returncode, "output": completed.stdout, "started": started, "ended": time.time()}
+    completed = subprocess.run(
+        command,
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1200,
+    )
+    return {
+        "rc": completed.returncode,
+        "output": completed.stdout,
+        "started": started,
+        "ended": time.time(),
+    }
 
 
 def save(name: str, run: dict, probes: Probes, timeline: dict, extra: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.log").write_text(run["output"])
-    record = {"deploy": {k: run[k] for k in ("rc", "started", "ended")}, "samples": probes.samples,
-              "answering": timeline, **extra}
+    record = {
+        "deploy": {k: run[k] for k in ("rc", "started", "ended")},
+        "samples": probes.samples,
+        "answering": timeline,
+        **extra,
+    }
     (RESULTS / f"{name}.json").write_text(json.dumps(record))
 
 
 def describe(timeline: dict) -> str:
-    return "; ".join(f"{count} answering from {a:.2f} to {b:.2f}" for a, b, count in timeline["below_minimum"])
+    return "; ".join(
+        f"{count} answering from {a:.2f} to {b:.2f}" for a, b, count in timeline["below_minimum"]
+    )
 
 
 @pytest.fixture(scope="module")
 def first_release() -> dict[str, str]:
     releases = {host: release_of(host) for host in HOSTS}
-    assert len(set(releases.values())) == 1, f"converge left the hosts on different releases: {releases}"
+    assert len(set(releases.values())) == 1, (
+        f"converge left the hosts on different releases: {releases}"
+    )
     return releases
 
 
@@ -174,30 +244,48 @@ def test_rolling_deploy_succeeds_on_every_host(first_release, rolled_out):
 def test_at_least_two_hosts_answer_at_every_moment_of_the_rollout(rolled_out):
     timeline = rolled_out["timeline"]
     seconds = timeline["end"] - timeline["start"]
-    print(f"\n    rolling deploy: {seconds:.0f} s probed, fewest hosts answering {timeline['fewest_answering']}; "
-          + ", ".join(f"{h} unready {sum(b - a for a, b in w):.2f} s" for h, w in timeline["down"].items()))
+    print(
+        f"\n    rolling deploy: {seconds:.0f} s probed, fewest hosts answering {timeline['fewest_answering']}; "
+        + ", ".join(
+            f"{h} unready {sum(b - a for a, b in w):.2f} s" for h, w in timeline["down"].items()
+        )
+    )
     assert not timeline["below_minimum"], describe(timeline)
 
 
 def test_a_host_failing_its_health_gate_stops_the_rollout(rolled_out):
     good = rolled_out["releases"]
     before = {host: releases_on(host) for host in HOSTS}
-    src = backend_copy("import agented_rolling_test_missing_module  # noqa: F401 -- a release that cannot start")
+    src = backend_copy(
+        "import agented_rolling_test_missing_module  # noqa: F401 -- a release that cannot start"
+    )
     with Probes("failed-health-gate") as probes:
         run = deploy(src)
     timeline = answering(probes.samples)
     releases = {host: release_of(host) for host in HOSTS}
     added = {host: sorted(releases_on(host) - before[host]) for host in HOSTS}
-    save("failed-health-gate", run, probes, timeline, {"before": good, "after": releases, "added": added})
+    save(
+        "failed-health-gate",
+        run,
+        probes,
+        timeline,
+        {"before": good, "after": releases, "added": added},
+    )
     shutil.rmtree(src.parent, ignore_errors=True)
 
     assert run["rc"] != 0, "the broken release was deployed without failing"
-    assert releases == good, f"a host does not run the release it ran before: {releases}, was {good}"
+    assert releases == good, (
+        f"a host does not run the release it ran before: {releases}, was {good}"
+    )
     tried = [host for host in HOSTS if added[host]]
-    assert len(tried) == 1, f"the broken release reached {tried}: the rollout did not stop at the first host"
+    assert len(tried) == 1, (
+        f"the broken release reached {tried}: the rollout did not stop at the first host"
+    )
     assert "Rolled back to release" in run["output"], run["output"][-4000:]
     for host in HOSTS:
         assert docker_exec(host, "curl", "-fsS", "http://127.0.0.1:20000/health/readiness"), host
-    print(f"\n    failed health gate: tried on {tried[0]} only, rolled back; fewest hosts answering "
-          f"{timeline['fewest_answering']}")
+    print(
+        f"\n    failed health gate: tried on {tried[0]} only, rolled back; fewest hosts answering "
+        f"{timeline['fewest_answering']}"
+    )
     assert not timeline["below_minimum"], describe(timeline)

@@ -90,12 +90,16 @@ def agented_backend_env_errors(env, src):
         try:
             value = _as_text(raw)
         except TypeError as exc:
-            errors.append(f"agented_backend_env.{name}: {shown} is a {exc}; use a string, number or boolean")
+            errors.append(
+                f"agented_backend_env.{name}: {shown} is a {exc}; use a string, number or boolean"
+            )
             continue
         if value is None:
             continue
         if "\n" in value or "\r" in value:
-            errors.append(f"agented_backend_env.{name}: the value contains a newline, which .env cannot hold")
+            errors.append(
+                f"agented_backend_env.{name}: the value contains a newline, which .env cannot hold"
+            )
             continue
         problem = module.check(setting, value)
         if problem:
@@ -139,7 +143,9 @@ def agented_backend_dotenv_read(text, name, src):
 
 def agented_backend_listen(bind):
     """Split a HOST:PORT bind into the socket unit's address and the URL the health check uses."""
-    match = re.fullmatch(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)", bind or "")
+    match = re.fullmatch(
+        r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)", bind or ""
+    )
     if not match:
         raise AnsibleFilterError(
             f"agented_backend_env.GUNICORN_BIND: {bind!r} is not supported by the role: use HOST:PORT or [IPv6]:PORT"

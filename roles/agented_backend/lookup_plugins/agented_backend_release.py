@@ -53,7 +53,9 @@ def release(src):
     root = os.path.abspath(os.path.expanduser(src))
     for required in ("pyproject.toml", "uv.lock", "gunicorn.conf.py"):
         if not os.path.isfile(os.path.join(root, required)):
-            raise AnsibleLookupError(f"agented_backend_src: {src!r} has no {required}; point it at backend/")
+            raise AnsibleLookupError(
+                f"agented_backend_src: {src!r} has no {required}; point it at backend/"
+            )
     digest = hashlib.sha256()
     dirs, files = [], []
     for current, subdirs, names in os.walk(root):
