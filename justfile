@@ -21,11 +21,11 @@ deploy: kill ensure-backend
     set -euo pipefail
     cd "{{ backend }}"
     nohup uv run --frozen gunicorn -c gunicorn.conf.py >> gunicorn.log 2>&1 &
-    bind=$(uv run --frozen python app/settings.py get GUNICORN_BIND)
-    port=${bind##*:}
+    bind=$(uv run --frozen python -m app.settings get GUNICORN_BIND)
+    url=$(uv run --frozen python -m app.settings local-url)
     for _ in $(seq 100); do
-      if curl -fsS "http://127.0.0.1:${port}/health/readiness" > /dev/null 2>&1; then
-        echo "agented backend listening on ${bind} (readiness: http://127.0.0.1:${port}/health/readiness)"
+      if curl -fsS "${url}/health/readiness" > /dev/null 2>&1; then
+        echo "agented backend listening on ${bind} (readiness: ${url}/health/readiness)"
         echo "log: backend/gunicorn.log, stop: just kill"
         exit 0
       fi
@@ -48,17 +48,16 @@ kill:
     for _ in $(seq 150); do pgrep -f "$pattern" > /dev/null || exit 0; sleep 0.1; done
     pkill -KILL -f "$pattern" || true
 
-# Install the backend's dependencies and create backend/.env (with a new SECRET_KEY) unless it exists.
+# Install the backend's dependencies and create backend/.env from .env.example unless it exists. The backend
+# generates its SECRET_KEY itself, once, into backend/.secret_key beside the database.
 ensure-backend:
     #!/usr/bin/env bash
     set -euo pipefail
     cd "{{ backend }}"
     uv sync --frozen
     if [ ! -e .env ]; then
-      umask 077
-      key=$(uv run --frozen python -c 'import secrets; print(secrets.token_urlsafe(48))')
-      sed "s|^# SECRET_KEY=.*|SECRET_KEY=${key}|" .env.example > .env
-      echo "created backend/.env from .env.example with a new SECRET_KEY"
+      (umask 077 && cp .env.example .env)
+      echo "created backend/.env from .env.example"
     fi
 
 # Deploy with playbooks/site.yml to an inventory, e.g. `just provision inventory/hosts.yml --ask-vault-pass`.
@@ -69,11 +68,16 @@ provision inventory *args:
 rollback inventory *args:
     ansible-playbook -i "{{ inventory }}" playbooks/rollback.yml {{ args }}
 
-# ansible-lint (production profile), playbook syntax, and the backend's linter.
+# ansible-lint (production profile), playbook syntax, and ruff over all Python (ruff.toml; the backend pins it).
 lint:
     ansible-lint --profile production
     for playbook in playbooks/*.yml; do ansible-playbook --syntax-check -i inventory/hosts.example.yml "$playbook"; done
-    cd "{{ backend }}" && uv run --frozen ruff check . && uv run --frozen ruff format --check .
+    uv run --frozen --project backend ruff check .
+    uv run --frozen --project backend ruff format --check .
+
+# Regenerate the role's README and the README's variable table from the role's argument specs.
+docs:
+    tools/docs/generate
 
 # The backend's tests.
 test-backend:
@@ -105,6 +109,6 @@ bench *names: images ensure-backend
     done
     python3 bench/report.py
 
-# Render deploy/ from the role's templates with the default variables.
+# Render deploy/ from the role's templates with the role's defaults.
 reference:
-    ansible-playbook playbooks/reference.yml
+    ansible-playbook tools/reference/render.yml

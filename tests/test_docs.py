@@ -1,32 +1,60 @@
-"""The README's variable table and the role's defaults agree with meta/argument_specs.yml."""
+"""The role describes itself once, in meta/argument_specs.yml: the READMEs are generated from it and
+defaults/main.yml holds exactly the values it documents."""
 
+import re
 import subprocess
 
 import yaml
 
 from conftest import ROLE, ROOT
 
-SPECS = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"][
-    "main"
-]["options"]
+SPECS = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+OPTIONS = SPECS["main"]["options"]
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+PLATFORMS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["__agented_backend_platform"]
 
 
-def test_readme_table_is_generated_from_the_argument_specs():
-    table = subprocess.run(
-        [str(ROOT / "tools" / "role-variables-table")], check=True, capture_output=True, text=True
-    ).stdout
-    assert table in (ROOT / "README.md").read_text(), (
-        "README's variable table is stale: tools/role-variables-table --write"
-    )
+def test_readmes_are_generated_from_the_argument_specs():
+    subprocess.run([str(ROOT / "tools" / "docs" / "generate"), "--check"], check=True)
 
 
-def test_every_default_is_documented_and_every_documented_variable_has_a_default():
-    assert set(DEFAULTS) == set(SPECS)
+def test_every_default_is_specified_and_every_specified_variable_has_a_default():
+    assert set(DEFAULTS) == set(OPTIONS)
 
 
-def test_documented_defaults_equal_the_real_ones():
+def test_specified_defaults_equal_the_real_ones():
     for name, value in DEFAULTS.items():
-        if isinstance(value, str) and "{{" in value and name != "agented_backend_src":
-            continue  # per-platform defaults are described in prose
-        assert SPECS[name]["default"] == value, name
+        if "default" in OPTIONS[name]:
+            assert OPTIONS[name]["default"] == value, name
+        else:
+            # Per-platform defaults: the description names the value on each platform.
+            assert "__agented_backend_platform" in value, name
+
+
+def test_per_platform_defaults_are_described_with_their_values():
+    for name in ("config_dir", "state_dir", "log_dir"):
+        description = " ".join(OPTIONS[f"agented_backend_{name}"]["description"].split())
+        platforms = ["Darwin"] if name == "log_dir" else ["Linux", "Darwin"]
+        for platform in platforms:
+            assert PLATFORMS[platform][name] in description, (name, platform)
+
+
+def test_defaults_hold_values_only():
+    text = (ROLE / "defaults" / "main.yml").read_text()
+    comments = [line for line in text.splitlines() if line.lstrip().startswith("#")]
+    assert len(comments) <= 1, comments
+
+
+def test_every_entry_point_specifies_every_variable_the_role_reads():
+    from agented_backend import FilterModule  # noqa: PLC0415 -- the role's own filter plugin
+
+    plugins = set(FilterModule().filters()) | {"agented_backend_release"}
+    read = set()
+    for folder in ("tasks", "handlers", "templates"):
+        for path in (ROLE / folder).rglob("*"):
+            if path.is_file():
+                read |= set(re.findall(r"(?<![_A-Za-z])agented_backend_[a-z_]+", path.read_text()))
+    assert read - plugins <= set(OPTIONS), sorted(read - plugins - set(OPTIONS))
+    for entry_point, spec in SPECS.items():
+        assert (ROLE / "tasks" / f"{entry_point}.yml").is_file(), entry_point
+        assert set(spec["options"]) == set(OPTIONS), entry_point

@@ -23,9 +23,9 @@ def fresh_rendering(tmp_path_factory):
     subprocess.run(
         [
             ANSIBLE_PLAYBOOK,
-            "playbooks/reference.yml",
+            "tools/reference/render.yml",
             "-e",
-            f"agented_backend_reference_dest={dest}",
+            f"reference_dest={dest}",
         ],
         cwd=ROOT,
         check=True,

@@ -1,5 +1,7 @@
 """The role's controller-side plugins, run against the real backend/ of this repository."""
 
+import re
+
 import pytest
 from agented_backend import (
     agented_backend_dotenv_quote,
@@ -9,7 +11,7 @@ from agented_backend import (
     agented_backend_listen,
     agented_backend_settings,
 )
-from agented_backend_release import release
+from agented_backend_release import copy, release
 from ansible.errors import AnsibleFilterError, AnsibleLookupError
 from dotenv import dotenv_values
 
@@ -18,10 +20,11 @@ from conftest import BACKEND
 SRC = str(BACKEND)
 
 
-def test_settings_come_from_env_example():
+def test_settings_are_the_backend_declarations_that_env_example_documents():
     names = [s["name"] for s in agented_backend_settings(SRC)]
     example = (BACKEND / ".env.example").read_text()
-    assert names and all(f"# {name}=" in example for name in names)
+    documented = re.findall(r"^# ([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE)
+    assert names and names == documented
     assert {"SECRET_KEY", "GITHUB_WEBHOOK_SECRET", "ANTHROPIC_API_KEY"} <= {
         s["name"] for s in agented_backend_settings(SRC) if s["secret"]
     }
@@ -96,14 +99,31 @@ def test_quoting_reaches_python_dotenv_exactly(tmp_path, value):
 
 
 def test_listen_address_and_probe_url():
-    assert agented_backend_listen("0.0.0.0:20000") == {
+    assert agented_backend_listen("0.0.0.0:20000", SRC) == {
         "listen": "0.0.0.0:20000",
         "url": "http://127.0.0.1:20000",
         "port": 20000,
     }
-    assert agented_backend_listen("[::]:8080")["url"] == "http://[::1]:8080"
-    with pytest.raises(AnsibleFilterError, match="GUNICORN_BIND"):
-        agented_backend_listen("unix:/run/agented.sock")
+    assert agented_backend_listen("[::]:8080", SRC)["url"] == "http://[::1]:8080"
+    assert agented_backend_listen("[::1]:8080", SRC)["listen"] == "[::1]:8080"
+    for unsupported in ("unix:/run/agented.sock", "fd://3", "localhost", ""):
+        with pytest.raises(AnsibleFilterError, match="GUNICORN_BIND"):
+            agented_backend_listen(unsupported, SRC)
+
+
+@pytest.mark.parametrize("separator", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_dotenv_read_keeps_characters_that_splitlines_would_split_at(separator):
+    value = f"before{separator}after"
+    text = f"A=1\nSECRET_KEY={agented_backend_dotenv_quote(value, SRC)}\nB=2\n"
+    assert agented_backend_dotenv_read(text, "SECRET_KEY", SRC) == value
+
+
+def test_a_backend_copy_is_loaded_beside_the_real_one(tmp_path):
+    copy(SRC, tmp_path / "backend")
+    declarations = tmp_path / "backend" / "app" / "settings" / "declarations.py"
+    declarations.write_text(declarations.read_text().replace('default="info"', 'default="warning"'))
+    assert agented_backend_env_values({}, str(tmp_path / "backend"))["LOG_LEVEL"] == "warning"
+    assert agented_backend_env_values({}, SRC)["LOG_LEVEL"] == "info"
 
 
 def make_backend(path):
@@ -143,3 +163,13 @@ def test_release_ships_source_only_and_its_id_follows_the_content(tmp_path):
 def test_release_refuses_a_directory_that_is_not_a_backend(tmp_path):
     with pytest.raises(AnsibleLookupError, match="has no pyproject.toml; point it at backend/"):
         release(str(tmp_path))
+
+
+def test_copy_ships_exactly_the_release_files(tmp_path):
+    backend = make_backend(tmp_path / "src")
+    copied = copy(str(backend), tmp_path / "copy")
+    shipped = sorted(
+        str(path.relative_to(copied)) for path in copied.rglob("*") if path.is_file()
+    )
+    assert shipped == sorted(release(str(backend))["files"])
+    assert release(str(copied))["id"] == release(str(backend))["id"]

@@ -1,45 +1,42 @@
-"""Filters that let the role read backend/.env.example and check values with the backend's own rules.
+"""Filters that check and render the service's configuration with the backend's own rules.
 
-The backend declares every variable in backend/app/settings.py and documents them in .env.example.
-Loading that module here (it imports only the standard library) means the role validates
-`agented_backend_env` with exactly the code the service runs at start, so the two never disagree.
+The backend declares every variable in backend/app/settings/ (standard library only, relative imports
+within the package). Loading that package here means the role validates `agented_backend_env` with
+exactly the code the service runs at start, so the two never disagree.
 """
 
 import difflib
 import importlib.util
 import os
-import re
 import sys
 
 from ansible.errors import AnsibleFilterError
 
-_MODULES = {}
+_PACKAGES = {}
 
 
-def _settings_module(src):
-    """The backend's app/settings.py, loaded by path (cached per source directory)."""
-    path = os.path.join(os.path.abspath(os.path.expanduser(src)), "app", "settings.py")
-    if path not in _MODULES:
-        if not os.path.isfile(path):
+def _settings(src):
+    """The backend's app.settings package from `src`, loaded under a private name, once per directory.
+
+    The controller has none of the backend's dependencies and may deploy several backends (say, a
+    fixture release beside the real one), so it is never imported as `app`.
+    """
+    root = os.path.abspath(os.path.expanduser(str(src)))
+    if root not in _PACKAGES:
+        package = os.path.join(root, "app", "settings")
+        init = os.path.join(package, "__init__.py")
+        if not os.path.isfile(init):
             raise AnsibleFilterError(
-                f"agented_backend_src: {src!r} is not a backend directory (no app/settings.py there)"
+                f"agented_backend_src: {src!r} is not a backend directory (no app/settings/ there)"
             )
-        name = f"agented_backend_settings_{len(_MODULES)}"
-        spec = importlib.util.spec_from_file_location(name, path)
+        name = f"_agented_backend_settings_{len(_PACKAGES)}"
+        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[package])
         module = importlib.util.module_from_spec(spec)
-        # dataclasses look their module up in sys.modules while the class is being built.
+        # The package's relative imports and dataclasses look it up in sys.modules.
         sys.modules[name] = module
         spec.loader.exec_module(module)
-        _MODULES[path] = module
-    return _MODULES[path]
-
-
-def _documented(src):
-    """The settings documented in <src>/.env.example, in documented order."""
-    module = _settings_module(src)
-    path = os.path.join(os.path.abspath(os.path.expanduser(src)), ".env.example")
-    with open(path, encoding="utf-8") as handle:
-        return module.parse_example(handle.read())
+        _PACKAGES[root] = module
+    return _PACKAGES[root]
 
 
 def _as_text(value):
@@ -54,7 +51,7 @@ def _as_text(value):
 
 
 def agented_backend_settings(src):
-    """Documented variables as plain dicts: name, section, default, secret, description."""
+    """The declared variables as plain dicts, in declared order: name, section, default, secret."""
     return [
         {
             "name": s.name,
@@ -63,7 +60,7 @@ def agented_backend_settings(src):
             "secret": bool(s.secret),
             "description": s.description,
         }
-        for s in _documented(src)
+        for s in _settings(src).SETTINGS
     ]
 
 
@@ -72,18 +69,19 @@ def agented_backend_env_errors(env, src):
 
     Messages never contain the value of a secret variable.
     """
-    module = _settings_module(src)
-    documented = {s.name: s for s in _documented(src)}
-    errors = []
+    settings = _settings(src)
+    declared = {s.name: s for s in settings.SETTINGS}
     if not isinstance(env, dict):
         return ["agented_backend_env must be a dict of variable names to values"]
+    errors = []
     for name, raw in env.items():
-        setting = documented.get(name)
+        setting = declared.get(name)
         if setting is None:
-            close = difflib.get_close_matches(str(name), list(documented), n=1)
+            close = difflib.get_close_matches(str(name), list(declared), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             errors.append(
-                f"agented_backend_env: {name} is not a variable documented in backend/.env.example{hint}"
+                f"agented_backend_env: {name} is not a variable the backend declares"
+                f" (backend/.env.example lists them){hint}"
             )
             continue
         shown = "(secret)" if setting.secret else repr(raw)
@@ -101,7 +99,7 @@ def agented_backend_env_errors(env, src):
                 f"agented_backend_env.{name}: the value contains a newline, which .env cannot hold"
             )
             continue
-        problem = module.check(setting, value)
+        problem = settings.check(setting, value)
         if problem:
             if setting.secret:
                 problem = problem.replace(repr(value), "(secret)").replace(value, "(secret)")
@@ -110,11 +108,11 @@ def agented_backend_env_errors(env, src):
 
 
 def agented_backend_env_values(env, src, defaults=None):
-    """Every documented variable mapped to the string the service gets, or None when unset.
+    """Every declared variable mapped to the string the service gets, or None when unset.
 
-    Precedence: documented default < role-derived `defaults` < the user's `env`.
+    Precedence: declared default < role-derived `defaults` < the user's `env`.
     """
-    values = {s.name: (s.default if s.default != "" else None) for s in _documented(src)}
+    values = {s.name: s.default or None for s in _settings(src).SETTINGS}
     for layer in (defaults or {}, env or {}):
         for name, raw in layer.items():
             if name in values:
@@ -124,40 +122,37 @@ def agented_backend_env_values(env, src, defaults=None):
 
 def agented_backend_dotenv_quote(value, src):
     """Quote a value so that python-dotenv, the service's only .env parser, reads it back exactly."""
-    return _settings_module(src).dotenv_quote(_as_text(value))
-
-
-_ASSIGNMENT = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$")
+    return _settings(src).dotenv_quote(_as_text(value))
 
 
 def agented_backend_dotenv_read(text, name, src):
-    """The value of `name` in .env text this role rendered, or None when it is absent or unset."""
-    module = _settings_module(src)
-    for line in (text or "").splitlines():
-        match = _ASSIGNMENT.match(line)
-        if match and match["name"] == name:
-            value = module.dotenv_unquote(match["value"])
-            return value or None
+    """The value of `name` in .env text this role rendered, or None when it is absent or unset.
+
+    Lines end at \\n alone: the role writes no other line break, and a value may hold any other
+    character (str.splitlines() would also split at \\x0b, \\x1c, \\u2028, ...).
+    """
+    settings = _settings(src)
+    prefix = f"{name}="
+    for line in (text or "").split("\n"):
+        if line.startswith(prefix):
+            return settings.dotenv_unquote(line[len(prefix) :]) or None
     return None
 
 
-def agented_backend_listen(bind):
-    """Split a HOST:PORT bind into the socket unit's address and the URL the health check uses."""
-    match = re.fullmatch(
-        r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)", bind or ""
-    )
-    if not match:
+def agented_backend_listen(bind, src):
+    """Where systemd's socket listens (`listen`) and the URL the readiness check asks (`url`), from
+    GUNICORN_BIND, parsed by the backend's own parser."""
+    settings = _settings(src)
+    try:
+        parsed = settings.parse_bind(bind or "")
+    except settings.SettingsError as error:
+        raise AnsibleFilterError(f"agented_backend_env.GUNICORN_BIND: {error}") from None
+    if parsed.kind != "tcp":
         raise AnsibleFilterError(
-            f"agented_backend_env.GUNICORN_BIND: {bind!r} is not supported by the role: use HOST:PORT or [IPv6]:PORT"
+            f"agented_backend_env.GUNICORN_BIND: {bind!r} is not supported by the role:"
+            " use HOST:PORT or [IPv6]:PORT"
         )
-    port = int(match["port"])
-    if match["v6"] is not None:
-        host = match["v6"]
-        probe = "::1" if host == "::" else host
-        return {"listen": f"[{host}]:{port}", "url": f"http://[{probe}]:{port}", "port": port}
-    host = match["host"]
-    probe = "127.0.0.1" if host in ("0.0.0.0", "*") else host
-    return {"listen": f"{host}:{port}", "url": f"http://{probe}:{port}", "port": port}
+    return {"listen": parsed.address, "url": parsed.local_url, "port": parsed.port}
 
 
 class FilterModule:
