@@ -66,7 +66,7 @@ keepalive = _config["GUNICORN_KEEPALIVE"]
 # Server mechanics
 #
 
-wsgi_app = "app:create_app()"
+wsgi_app = "app.factory:create_app()"
 # Not the resolved path: with a `current` symlink to the release, a reload follows the link.
 chdir = _BACKEND_DIR
 # Off on purpose: workers import the app after fork, so a reload picks up new code.

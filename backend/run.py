@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app import create_app, settings
+from app import settings
+from app.factory import create_app
 
 
 def tcp_address(bind: str) -> tuple[str, int]:

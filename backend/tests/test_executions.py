@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from app import create_app, db, jobs
+from app import db, jobs
 from app.executions import mark_stale
+from app.factory import create_app
 from helpers import deliver
 
 

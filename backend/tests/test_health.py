@@ -7,7 +7,8 @@ import tomllib
 
 import pytest
 
-from app import create_app, db, lifecycle
+from app import db, lifecycle
+from app.factory import create_app
 from helpers import BACKEND_DIR
 
 

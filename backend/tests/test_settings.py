@@ -18,7 +18,8 @@ from dotenv import dotenv_values
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app import create_app, jobs, settings
+from app import jobs, settings
+from app.factory import create_app
 from app.settings import SETTINGS, SETTINGS_BY_NAME, Setting, SettingsError
 from helpers import BACKEND_DIR, clean_environment, delivery_request
 

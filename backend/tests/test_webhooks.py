@@ -8,7 +8,8 @@ import json
 import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from app import create_app, db, events
+from app import db, events
+from app.factory import create_app
 from app.webhooks import signature_of
 from helpers import WEBHOOK_SECRET, deliver
 
