@@ -3,7 +3,7 @@
     uv run python run.py            # Flask's development server on GUNICORN_BIND
     uv run python run.py --debug    # with the interactive debugger and the code reloader
 
-It reads the same configuration as Gunicorn (app/settings.py: environment, then .env) and
+It reads the same configuration as Gunicorn (app.settings: environment, then .env) and
 serves with one thread per request. Production runs Gunicorn: gunicorn -c gunicorn.conf.py
 """
 
