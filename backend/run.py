@@ -18,13 +18,13 @@ from app.factory import create_app
 
 def tcp_address(bind: str) -> tuple[str, int]:
     """(host, port) of a HOST:PORT or [IPv6]:PORT bind; the development server has no other."""
-    if bind.startswith(("unix:", "fd://")):
+    parsed = settings.parse_bind(bind)
+    if parsed.kind != "tcp":
         raise settings.SettingsError(
             f"GUNICORN_BIND={bind!r} is not allowed for run.py: use HOST:PORT or [IPv6]:PORT "
             "(unix: and fd:// need Gunicorn)"
         )
-    host, _, port = bind.rpartition(":")
-    return host.strip("[]"), int(port)
+    return str(parsed.host), int(parsed.port)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:

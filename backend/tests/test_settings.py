@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from app import jobs, settings
 from app.factory import create_app
-from app.settings import SETTINGS, SETTINGS_BY_NAME, Setting, SettingsError
+from app.settings import SETTINGS, SETTINGS_BY_NAME, Bind, Setting, SettingsError
 from helpers import BACKEND_DIR, clean_environment, delivery_request
 
 # A valid value different from the default for every setting.
@@ -310,6 +310,96 @@ def test_invalid_values_are_one_line_naming_variable_value_and_rule(name, value,
 )
 def test_valid_values(name, value):
     assert settings.check(SETTINGS_BY_NAME[name], value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "bind", "address", "local_url"),
+    [
+        (
+            "0.0.0.0:20000",
+            Bind("tcp", host="0.0.0.0", port=20000),
+            "0.0.0.0:20000",
+            "http://127.0.0.1:20000",
+        ),
+        ("127.0.0.1:8000", Bind("tcp", host="127.0.0.1", port=8000), None, "http://127.0.0.1:8000"),
+        ("[::]:8080", Bind("tcp", host="::", port=8080), "[::]:8080", "http://[::1]:8080"),
+        ("[::1]:8080", Bind("tcp", host="::1", port=8080), "[::1]:8080", "http://[::1]:8080"),
+        (
+            "[2001:db8::7]:443",
+            Bind("tcp", host="2001:db8::7", port=443),
+            "[2001:db8::7]:443",
+            "http://[2001:db8::7]:443",
+        ),
+        ("localhost:80", Bind("tcp", host="localhost", port=80), "localhost:80", None),
+        ("unix:/run/agented.sock", Bind("unix", path="/run/agented.sock"), "/run/agented.sock", ""),
+        ("unix:///run/agented.sock", Bind("unix", path="/run/agented.sock"), None, ""),
+        ("fd://3", Bind("fd", fd=3), "", ""),
+    ],
+)
+def test_parse_bind(value, bind, address, local_url):
+    """None: not asserted; "": refused with one line naming GUNICORN_BIND."""
+    assert settings.parse_bind(value) == bind
+    for attribute, expected in (("address", address), ("local_url", local_url)):
+        if expected == "":
+            with pytest.raises(SettingsError, match=r"^GUNICORN_BIND='.*'") as raised:
+                getattr(bind, attribute)
+            assert "\n" not in str(raised.value)
+        elif expected is not None:
+            assert getattr(bind, attribute) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["localhost", "0.0.0.0:99999", "300.1.1.1:80", "[::1:80", "fd://x", "unix:", ""]
+)
+def test_parse_bind_refuses_in_one_line(value):
+    with pytest.raises(SettingsError) as raised:
+        settings.parse_bind(value)
+    assert str(raised.value) == (
+        f"GUNICORN_BIND={value!r} is not allowed: use HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N"
+    )
+    assert (
+        str(raised.value) == settings.check(SETTINGS_BY_NAME["GUNICORN_BIND"], value) or not value
+    )
+
+
+def test_parse_bind_refuses_line_breaks_and_nul():
+    for value in ("unix:/run/a\nb.sock", "unix:/run/a\rb", "unix:/run/a\0b"):
+        with pytest.raises(SettingsError, match="is not allowed"):
+            settings.parse_bind(value)
+
+
+def test_run_py_takes_tcp_binds_only():
+    run = runpy.run_path(str(BACKEND_DIR / "run.py"))
+    assert run["tcp_address"]("[::1]:8000") == ("::1", 8000)
+    assert run["tcp_address"]("localhost:8000") == ("localhost", 8000)
+    for bind in ("unix:/run/agented.sock", "fd://3"):
+        with pytest.raises(SettingsError, match=r"not allowed for run\.py"):
+            run["tcp_address"](bind)
+
+
+@pytest.mark.parametrize(
+    ("bind", "output", "returncode"),
+    [
+        ("0.0.0.0:20000", "http://127.0.0.1:20000\n", 0),
+        ("[::]:20001", "http://[::1]:20001\n", 0),
+        ("unix:/run/agented.sock", "", 1),
+        ("fd://3", "", 1),
+    ],
+)
+def test_cli_local_url(tmp_path, bind, output, returncode):
+    result = subprocess.run(
+        [sys.executable, "-m", "app.settings", "local-url"],
+        cwd=tmp_path,
+        env=clean_environment(GUNICORN_BIND=bind, PYTHONPATH=str(BACKEND_DIR)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (returncode, output)
+    if returncode:
+        assert result.stderr.splitlines() == [
+            f"agented: GUNICORN_BIND={bind!r} has no http:// URL: use HOST:PORT or [IPv6]:PORT"
+        ]
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda setting: setting.name)
