@@ -112,6 +112,48 @@ _EVENT_STREAM_PATH = "/api/events"
 
 
 def on_starting(server):
+    """Runs in the master before it listens and forks any worker."""
+    _raise_open_files_limit(server)
+    _migrate(server)
+
+
+def on_reload(server):
+    """A reload may bring a release with new migrations: apply them before the new workers
+    start, as at start."""
+    _migrate(server)
+
+
+def _migrate(server):
+    """Bring the database to this release's schema, once, before any worker serves: workers
+    never migrate and readiness only reads. A failure stops Gunicorn with one line (SystemExit,
+    like an invalid setting); a database newer than the code is left alone, and readiness
+    answers 503 until a release that knows it runs."""
+    import sqlite3  # noqa: PLC0415 -- only the master needs it, and only here
+
+    path = _config["AGENTED_DB_PATH"]
+    importlib.invalidate_caches()
+    _forget_app_modules()
+    try:
+        from app import db  # noqa: PLC0415 -- standard library only, forgotten again below
+
+        version = db.migrate(path)
+        release_version = db.SCHEMA_VERSION
+    except (sqlite3.Error, OSError) as error:
+        raise SystemExit(f"agented: cannot migrate the database {path}: {error}") from None
+    finally:
+        _forget_app_modules()
+    if version > release_version:
+        server.log.error(
+            "database %s has schema version %d, newer than this release's (%d): not ready",
+            path,
+            version,
+            release_version,
+        )
+    else:
+        server.log.info("database %s at schema version %d", path, version)
+
+
+def _raise_open_files_limit(server):
     """Make room for GUNICORN_WORKER_CONNECTIONS open sockets per worker."""
     try:
         import resource  # noqa: PLC0415 -- not on every platform

@@ -10,6 +10,7 @@ serves with one thread per request. Production runs Gunicorn: gunicorn -c gunico
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 
 from app import settings
@@ -34,10 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        app = create_app()
+        # No Gunicorn master here to migrate before serving: the app does it at start.
+        app = create_app(migrate=True)
         host, port = tcp_address(app.config["GUNICORN_BIND"])
     except settings.SettingsError as error:
         raise SystemExit(f"agented: invalid configuration: {error}") from None
+    except (sqlite3.Error, OSError) as error:
+        raise SystemExit(f"agented: cannot migrate the database: {error}") from None
     app.run(host=host, port=port, debug=args.debug, use_reloader=args.debug, threaded=True)
 
 

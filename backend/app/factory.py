@@ -27,6 +27,7 @@ from . import (
     health,
     jobs,
     lifecycle,
+    request_db,
     secret_key,
     settings,
     webhooks,
@@ -39,7 +40,13 @@ def read_version() -> str:
         return tomllib.load(stream)["project"]["version"]
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(test_config: Mapping[str, Any] | None = None, *, migrate: bool = False) -> Flask:
+    """The app, configured from the settings, or from the defaults and ``test_config``.
+
+    ``migrate`` applies the schema migrations first. Under Gunicorn the master has done so
+    before forking workers (gunicorn.conf.py), so workers leave it off; run.py and tests,
+    which have no master, turn it on. Errors (sqlite3.Error, OSError) propagate.
+    """
     app = Flask(__name__)
     if test_config is None:
         app.config.from_mapping(settings.load())
@@ -55,6 +62,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     configure_logger(app)
     configure_process(app)
+    if migrate:
+        db.migrate(app.config["AGENTED_DB_PATH"])
     register_extensions(app)
     register_blueprints(app)
     register_errorhandlers(app)
@@ -110,7 +119,7 @@ def register_extensions(app: Flask) -> None:
         expose_headers=["Content-Type"],
     )
     lifecycle.init_app(app)
-    db.init_app(app)
+    request_db.init_app(app)
     events.init_app(app)
     jobs.init_app(app)
 

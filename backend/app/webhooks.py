@@ -24,7 +24,7 @@ import sqlite3
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
-from . import db, events
+from . import db, events, request_db
 from .executions import execution_row_to_dict
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks")
@@ -108,7 +108,7 @@ def github() -> tuple[Response, int] | Response:
     if not isinstance(payload, dict):
         return _error(400, "The body is not a JSON object: use content type application/json")
 
-    status, answer = store(db.get_db(), guid, event, payload, body)
+    status, answer = store(request_db.get_db(), guid, event, payload, body)
     if status == 202:
         events.notify()
     return jsonify(answer), status

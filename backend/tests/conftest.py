@@ -23,7 +23,8 @@ def app(tmp_path: Path) -> Flask:
             "BACKGROUND_JOBS": False,
             "SSE_HEARTBEAT_SECS": 1,
             "SSE_POLL_INTERVAL_MS": 20,
-        }
+        },
+        migrate=True,
     )
 
 

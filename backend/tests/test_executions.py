@@ -120,7 +120,8 @@ def test_the_periodic_job_runs_in_the_background(tmp_path):
             "AGENTED_DB_PATH": str(tmp_path / "a.db"),
             "GITHUB_WEBHOOK_SECRET": "s",
             "STALE_EXECUTION_THRESHOLD_SECS": 1,
-        }
+        },
+        migrate=True,
     )
     client = app.test_client()
     assert jobs.interval(app) == 1.0

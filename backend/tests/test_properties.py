@@ -68,7 +68,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
             "BACKGROUND_JOBS": False,
             "SSE_POLL_INTERVAL_MS": 10,
             "SSE_REPLAY_LIMIT": 100000,
-        }
+        },
+        migrate=True,
     )
 
 

@@ -18,7 +18,7 @@ from dotenv import dotenv_values
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app import jobs, settings
+from app import db, jobs, settings
 from app.factory import create_app
 from app.settings import SETTINGS, SETTINGS_BY_NAME, Bind, Setting, SettingsError
 from helpers import BACKEND_DIR, clean_environment, delivery_request
@@ -647,7 +647,7 @@ def test_every_setting_takes_effect(tmp_path, monkeypatch, restore_timezone):
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
 
-    app = create_app()
+    app = create_app(migrate=True)
     client = app.test_client()
 
     # Security, Database
@@ -723,17 +723,26 @@ def test_control_socket_off_and_default(monkeypatch):
     assert "control_socket" not in config and "control_socket_disable" not in config
 
 
-def test_gunicorn_conf_does_not_import_the_app_package():
+def test_gunicorn_conf_does_not_import_the_app_package(tmp_path):
+    """Neither loading the configuration nor migrating in on_starting leaves an app module,
+    or Flask, in the master."""
+    path = tmp_path / "state" / "agented.db"
     code = (
-        "import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
+        "import logging, runpy, sys, types; config = runpy.run_path('gunicorn.conf.py'); "
+        "config['on_starting'](types.SimpleNamespace(log=logging.getLogger('test'))); "
         "print(sorted(m for m in sys.modules if m == 'app' or m.startswith(('app.', 'flask'))))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=BACKEND_DIR,
-        env=clean_environment(),
+        env=clean_environment(AGENTED_DB_PATH=str(path)),
         capture_output=True,
         text=True,
         check=True,
     )
     assert result.stdout.strip() == "[]"
+    connection = db.connect(str(path))
+    try:
+        assert db.schema_version(connection) == db.SCHEMA_VERSION
+    finally:
+        connection.close()
