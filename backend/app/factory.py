@@ -20,7 +20,7 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from . import (
-    config,
+    config_api,
     db,
     events,
     executions,
@@ -125,7 +125,7 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (health, webhooks, events, executions, config):
+    for module in (health, webhooks, events, executions, config_api):
         app.register_blueprint(module.bp)
 
 
