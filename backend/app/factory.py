@@ -7,7 +7,6 @@ defaults (a developer's .env never leaks into tests) and overrides them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -15,13 +14,13 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask
 from flask_cors import CORS
-from werkzeug.exceptions import HTTPException
 
 from . import (
     config_api,
     db,
+    errors,
     events,
     executions,
     health,
@@ -66,7 +65,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, migrate: bool = 
         db.migrate(app.config["AGENTED_DB_PATH"])
     register_extensions(app)
     register_blueprints(app)
-    register_errorhandlers(app)
+    errors.init_app(app)
     return app
 
 
@@ -127,15 +126,3 @@ def register_extensions(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     for module in (health, webhooks, events, executions, config_api):
         app.register_blueprint(module.bp)
-
-
-def register_errorhandlers(app: Flask) -> None:
-    """Errors are JSON too: {"error": message, "status": code}."""
-
-    def render_error(error: HTTPException) -> Response:
-        response = error.get_response()  # keeps headers such as Allow on a 405
-        response.data = json.dumps({"error": error.description, "status": error.code})
-        response.content_type = "application/json"
-        return response
-
-    app.register_error_handler(HTTPException, render_error)

@@ -9,7 +9,7 @@ import sqlite3
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from . import db, lifecycle
+from . import db, errors, lifecycle
 
 bp = Blueprint("health", __name__, url_prefix="/health")
 
@@ -20,7 +20,8 @@ def liveness() -> ResponseReturnValue:
 
 
 def _not_ready(reason: str) -> ResponseReturnValue:
-    return jsonify(status="unavailable", reason=reason), 503
+    # "reason" as well as "error": probes and operators read the reason under that name.
+    return errors.error_response(503, reason, reason=reason)
 
 
 def _schema_problem(version: int) -> str | None:
