@@ -418,6 +418,8 @@ def test_run_py_development_server(backend_dir, tmp_path, arguments):
                 status, answer = request(port, "GET", "/health/liveness", timeout=1)
             time.sleep(0.05)
         assert status == 200
+        # No Gunicorn master: run.py migrated the fresh database itself before serving.
+        assert request(port, "GET", "/health/readiness", timeout=1)[0] == 200
         if arguments == ["--debug"]:
             assert answer["pid"] != process.pid  # served by the reloader's child process
         else:
