@@ -2,21 +2,21 @@
 
     gunicorn -c gunicorn.conf.py
 
-Every value comes from app/settings.py: the process environment, then backend/.env, then the
+Every value comes from app.settings: the process environment, then backend/.env, then the
 declared default (see .env.example). An invalid value stops Gunicorn at start with one line
 naming the variable, the value and what is allowed, and a non-zero exit status.
 
-This file loads app/settings.py by path under another module name and never imports the
-``app`` package, and the app is not preloaded: the master holds no application code, so every
-worker imports the app fresh after fork, and a reload (SIGHUP) brings new workers with the
-current code and configuration.
+The master imports only the standard-library parts of the ``app`` package (the settings, and
+the migrations in on_starting) and forgets them again at once; the app is not preloaded. So
+the master holds no application code: every worker imports the app fresh after fork, and a
+reload (SIGHUP) brings new workers with the current code and configuration.
 
 Under systemd socket activation (LISTEN_FDS) Gunicorn serves the inherited socket and ignores
 ``bind``. Never set Gunicorn's own user/group here: the service manager switches user.
 """
 
 import ctypes
-import importlib.util
+import importlib
 import os
 import signal
 import sys
@@ -24,22 +24,35 @@ import sys
 _BACKEND_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _load_settings_module():
-    path = os.path.join(_BACKEND_DIR, "app", "settings.py")
-    spec = importlib.util.spec_from_file_location("agented_settings", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def _forget_app_modules():
+    """Drop ``app`` and every ``app.*`` module from sys.modules.
+
+    The master must hold no application code: workers are forked from it, and a worker that
+    found ``app`` already imported would run the master's copy, not the code on disk. Without
+    it in sys.modules, every worker imports the app fresh after fork, and a reload (SIGHUP)
+    brings workers with the current code and settings.
+    """
+    for name in [name for name in sys.modules if name == "app" or name.startswith("app.")]:
+        del sys.modules[name]
 
 
-_settings = _load_settings_module()
+if _BACKEND_DIR not in sys.path:
+    sys.path.insert(0, _BACKEND_DIR)
+# A reload may follow a `current` symlink to another release: look at the files again.
+importlib.invalidate_caches()
+_forget_app_modules()
 try:
-    _config = _settings.load()
-except _settings.SettingsError as _error:
-    # Gunicorn prints a traceback for an Exception raised here but lets SystemExit through:
-    # Python prints the message as one line on stderr and exits with status 1.
-    raise SystemExit(f"agented: invalid configuration: {_error}") from None
+    from app import settings as _settings
+
+    try:
+        _config = _settings.load()
+    except _settings.SettingsError as _error:
+        # Gunicorn prints a traceback for an Exception raised here but lets SystemExit through:
+        # Python prints the message as one line on stderr and exits with status 1.
+        raise SystemExit(f"agented: invalid configuration: {_error}") from None
+finally:
+    _forget_app_modules()
+del _settings
 
 
 #
@@ -66,7 +79,7 @@ keepalive = _config["GUNICORN_KEEPALIVE"]
 # Server mechanics
 #
 
-wsgi_app = "app:create_app()"
+wsgi_app = "app.factory:create_app()"
 # Not the resolved path: with a `current` symlink to the release, a reload follows the link.
 chdir = _BACKEND_DIR
 # Off on purpose: workers import the app after fork, so a reload picks up new code.
@@ -99,6 +112,48 @@ _EVENT_STREAM_PATH = "/api/events"
 
 
 def on_starting(server):
+    """Runs in the master before it listens and forks any worker."""
+    _raise_open_files_limit(server)
+    _migrate(server)
+
+
+def on_reload(server):
+    """A reload may bring a release with new migrations: apply them before the new workers
+    start, as at start."""
+    _migrate(server)
+
+
+def _migrate(server):
+    """Bring the database to this release's schema, once, before any worker serves: workers
+    never migrate and readiness only reads. A failure stops Gunicorn with one line (SystemExit,
+    like an invalid setting); a database newer than the code is left alone, and readiness
+    answers 503 until a release that knows it runs."""
+    import sqlite3  # noqa: PLC0415 -- only the master needs it, and only here
+
+    path = _config["AGENTED_DB_PATH"]
+    importlib.invalidate_caches()
+    _forget_app_modules()
+    try:
+        from app import db  # noqa: PLC0415 -- standard library only, forgotten again below
+
+        version = db.migrate(path)
+        release_version = db.SCHEMA_VERSION
+    except (sqlite3.Error, OSError) as error:
+        raise SystemExit(f"agented: cannot migrate the database {path}: {error}") from None
+    finally:
+        _forget_app_modules()
+    if version > release_version:
+        server.log.error(
+            "database %s has schema version %d, newer than this release's (%d): not ready",
+            path,
+            version,
+            release_version,
+        )
+    else:
+        server.log.info("database %s at schema version %d", path, version)
+
+
+def _raise_open_files_limit(server):
     """Make room for GUNICORN_WORKER_CONNECTIONS open sockets per worker."""
     try:
         import resource  # noqa: PLC0415 -- not on every platform

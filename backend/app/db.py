@@ -1,14 +1,19 @@
-"""SQLite storage.
+"""SQLite storage: the schema's migrations, connections and transactions.
 
-One short-lived connection per request (on ``g``, closed on teardown), WAL mode so readers
-never wait for the writer, and a busy timeout so several Gunicorn workers can write to the
-same file. Every sqlite3 call blocks the whole gevent worker, so transactions stay short
-and writers take the lock up front (BEGIN IMMEDIATE) instead of upgrading a read lock, which
-cannot be retried.
+WAL mode so readers never wait for the writer, and a busy timeout so several Gunicorn
+workers can write to the same file. Every sqlite3 call blocks the whole gevent worker, so
+transactions stay short and writers take the lock up front (BEGIN IMMEDIATE) instead of
+upgrading a read lock, which cannot be retried. A request's own connection is in
+:mod:`app.request_db`.
 
 The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS[n]`` brings a database
-from version n to n + 1. Every worker runs :func:`migrate` at start; the first one applies
-what is missing inside BEGIN IMMEDIATE, the others wait for it and find nothing to do.
+from version n to n + 1. They run once per start, before anything serves: in the Gunicorn
+master before it forks workers (gunicorn.conf.py), in run.py, and in tests through
+``create_app(migrate=True)``; workers never migrate, and readiness only reads the version.
+:func:`migrate` applies what is missing inside BEGIN IMMEDIATE, so two processes migrating
+together (two masters during a restart) apply each migration once.
+
+Standard library only: the Gunicorn master imports this module without Flask.
 """
 
 from __future__ import annotations
@@ -17,9 +22,8 @@ import contextlib
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
-
-from flask import Flask, current_app, g
 
 # How long a connection waits for another one's write lock before failing. Writes take
 # milliseconds, so reaching this means something is badly wrong.
@@ -95,6 +99,12 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     connection.execute("COMMIT")
 
 
+def connect_read_only(path: str) -> sqlite3.Connection:
+    """A connection that cannot write, nor create a missing database file."""
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECS, isolation_level=None)
+
+
 def schema_version(connection: sqlite3.Connection) -> int:
     return connection.execute("PRAGMA user_version").fetchone()[0]
 
@@ -126,29 +136,3 @@ def migrate(path: str) -> int:
 
 def now() -> float:
     return time.time()
-
-
-def get_db() -> sqlite3.Connection:
-    """The current request's connection, opened on first use."""
-    if "db" not in g:
-        g.db = connect(current_app.config["AGENTED_DB_PATH"])
-    return g.db
-
-
-def close_db(_error: BaseException | None = None) -> None:
-    connection = g.pop("db", None)
-    if connection is not None:
-        connection.close()
-
-
-def init_app(app: Flask) -> None:
-    """Apply migrations now and close each request's connection at teardown.
-
-    A database that cannot be opened does not stop the process: readiness answers 503 with
-    the reason and retries, so the service recovers once, say, its volume is mounted.
-    """
-    app.teardown_appcontext(close_db)
-    try:
-        migrate(app.config["AGENTED_DB_PATH"])
-    except (sqlite3.Error, OSError) as error:
-        app.logger.error("database %s unavailable: %s", app.config["AGENTED_DB_PATH"], error)

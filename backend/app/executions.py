@@ -16,7 +16,7 @@ import sqlite3
 from flask import Blueprint, abort, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import db, events
+from . import db, events, request_db
 
 bp = Blueprint("executions", __name__, url_prefix="/api")
 
@@ -76,7 +76,7 @@ def list_executions() -> ResponseReturnValue:
     """Newest first; ?status= filters, ?limit= caps (default 50, at most 500)."""
     status, limit = _list_arguments(EXECUTION_STATUSES)
     rows = (
-        db.get_db()
+        request_db.get_db()
         .execute(
             """SELECT executions.*, deliveries.guid AS delivery_guid
            FROM executions JOIN deliveries ON deliveries.id = executions.delivery_id
@@ -94,7 +94,7 @@ def list_executions() -> ResponseReturnValue:
 @bp.get("/executions/<int:execution_id>")
 def get_execution(execution_id: int) -> ResponseReturnValue:
     row = (
-        db.get_db()
+        request_db.get_db()
         .execute(
             """SELECT executions.*, deliveries.guid AS delivery_guid, deliveries.event,
                   deliveries.action, deliveries.repository
@@ -124,7 +124,7 @@ def list_conversations() -> ResponseReturnValue:
     """Most recently active first; ?status= and ?limit= as for executions."""
     status, limit = _list_arguments(CONVERSATION_STATUSES)
     rows = (
-        db.get_db()
+        request_db.get_db()
         .execute(
             """SELECT * FROM conversations WHERE ?1 IS NULL OR status = ?1
            ORDER BY updated_at DESC, id DESC LIMIT ?2""",

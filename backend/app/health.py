@@ -1,5 +1,5 @@
 """Health checks: ``/health/liveness`` (the process answers) and ``/health/readiness`` (it
-can do its job: database reachable, schema current, not shutting down)."""
+can do its job: database reachable, schema exactly this release's, not shutting down)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sqlite3
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from . import db, lifecycle
+from . import db, errors, lifecycle
 
 bp = Blueprint("health", __name__, url_prefix="/health")
 
@@ -20,26 +20,37 @@ def liveness() -> ResponseReturnValue:
 
 
 def _not_ready(reason: str) -> ResponseReturnValue:
-    return jsonify(status="unavailable", reason=reason), 503
+    # "reason" as well as "error": probes and operators read the reason under that name.
+    return errors.error_response(503, reason, reason=reason)
+
+
+def _schema_problem(version: int) -> str | None:
+    if version < db.SCHEMA_VERSION:
+        return (
+            f"database schema version {version} is older than this release's ({db.SCHEMA_VERSION})"
+        )
+    if version > db.SCHEMA_VERSION:
+        return (
+            f"database schema version {version} is newer than this release's ({db.SCHEMA_VERSION})"
+        )
+    return None
 
 
 @bp.get("/readiness")
 def readiness() -> ResponseReturnValue:
+    """Only reads, with a connection that cannot write: a probe must never change the
+    database, and migrations belong to the start of the service, not to whoever probes."""
     if lifecycle.get().stopping:
         return _not_ready("shutting down")
     path = current_app.config["AGENTED_DB_PATH"]
     try:
+        connection = db.connect_read_only(path)
         try:
-            version = db.schema_version(db.get_db())
-        except sqlite3.OperationalError:
-            version = 0  # cannot even open it: let migrate() create what is missing
-        if version < db.SCHEMA_VERSION:
-            # Migrations failed at start (say, the volume was not mounted yet): retry.
-            version = db.migrate(path)
-    except (sqlite3.Error, OSError) as error:
+            version = db.schema_version(connection)
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
         return _not_ready(f"database {path} unavailable: {error}")
-    if version != db.SCHEMA_VERSION:
-        return _not_ready(
-            f"database schema version {version} is newer than this release's ({db.SCHEMA_VERSION})"
-        )
+    if (problem := _schema_problem(version)) is not None:
+        return _not_ready(problem)
     return jsonify(status="ready", schema_version=version, pid=os.getpid())

@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import stat
+import string
 
 FILE_NAME = ".secret_key"
 
@@ -13,8 +14,10 @@ log = logging.getLogger(__name__)
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="ascii") as stream:
-        key = stream.read().strip()
+    # newline="" and only ASCII whitespace stripped: the key is exactly what the file holds,
+    # less the line ending an editor adds (str.strip() would also take \x1c-\x1f and such).
+    with open(path, encoding="ascii", newline="") as stream:
+        key = stream.read().strip(string.whitespace)
     if not key:
         raise RuntimeError(f"{path} is empty: delete it to generate a new key, or set SECRET_KEY")
     mode = stat.S_IMODE(os.stat(path).st_mode)

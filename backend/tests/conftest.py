@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app
+from app.factory import create_app
 from helpers import WEBHOOK_SECRET, Gunicorn, backend_copy
 
 
@@ -23,7 +23,8 @@ def app(tmp_path: Path) -> Flask:
             "BACKGROUND_JOBS": False,
             "SSE_HEARTBEAT_SECS": 1,
             "SSE_POLL_INTERVAL_MS": 20,
-        }
+        },
+        migrate=True,
     )
 
 

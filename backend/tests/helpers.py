@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.util
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -91,24 +93,23 @@ def clean_environment(**overrides: str | None) -> dict[str, str]:
     return environment
 
 
-def backend_copy(destination: Path) -> Path:
-    """The backend's code in ``destination``, configured with `cp .env.example .env`."""
-    shutil.copytree(
-        BACKEND_DIR,
-        destination,
-        ignore=shutil.ignore_patterns(
-            ".venv",
-            "tests",
-            "__pycache__",
-            ".env",
-            "*.db",
-            "*.db-*",
-            ".secret_key",
-            ".pytest_cache",
-            ".ruff_cache",
-            ".hypothesis",
-        ),
+def _release_lookup() -> ModuleType:
+    """The Ansible role's lookup of what a release ships, which runs without Ansible: the
+    tests then start exactly the files a deployment would."""
+    path = BACKEND_DIR.parent / "roles" / "agented_backend" / "lookup_plugins"
+    spec = importlib.util.spec_from_file_location(
+        "agented_backend_release", path / "agented_backend_release.py"
     )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def backend_copy(destination: Path) -> Path:
+    """What a release of the backend ships, in ``destination``, configured with
+    `cp .env.example .env`."""
+    _release_lookup().copy(str(BACKEND_DIR), str(destination))
     shutil.copy(destination / ".env.example", destination / ".env")
     return destination
 

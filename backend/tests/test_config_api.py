@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from app import create_app, settings
+from app import settings
+from app.factory import create_app
 
 
 def test_config_reports_every_setting_and_hides_secrets(tmp_path):

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from app import db, secret_key
 from helpers import BACKEND_DIR
 
@@ -125,15 +127,25 @@ def test_migrations_started_together_apply_once(tmp_path):
 
 def test_secret_key_is_created_once_with_mode_0600_and_reused(tmp_path):
     directory = tmp_path / "state"
-    # secret_key.py is standard library only: load it by path, without Flask, to start fast.
-    code = (
-        "import importlib.util as u; s = u.spec_from_file_location('k', 'app/secret_key.py'); "
-        "m = u.module_from_spec(s); s.loader.exec_module(m); "
-        f"print(m.load_or_create({str(directory)!r}))"
-    )
+    # The app package and secret_key import no Flask, so these processes start fast.
+    code = f"from app import secret_key; print(secret_key.load_or_create({str(directory)!r}))"
     keys = _run_at_once(code, 6, BACKEND_DIR)
     assert len(set(keys)) == 1 and len(keys[0]) >= 32
     key_file = directory / ".secret_key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert sorted(os.listdir(directory)) == [".secret_key"]  # no candidates left behind
     assert secret_key.load_or_create(str(directory)) == keys[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "key"),
+    [
+        ("a key with inner  spaces\n", "a key with inner  spaces"),
+        ("  padded\t\r\n", "padded"),
+        ("ends-with-a-separator\x1c\n", "ends-with-a-separator\x1c"),
+    ],
+)
+def test_a_stored_key_is_read_as_written_less_surrounding_whitespace(tmp_path, content, key):
+    (tmp_path / ".secret_key").write_text(content, encoding="utf-8", newline="")
+    os.chmod(tmp_path / ".secret_key", 0o600)
+    assert secret_key.load_or_create(str(tmp_path)) == key

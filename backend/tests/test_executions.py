@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from app import create_app, db, jobs
+from app import db, jobs
 from app.executions import mark_stale
+from app.factory import create_app
 from helpers import deliver
 
 
@@ -119,7 +120,8 @@ def test_the_periodic_job_runs_in_the_background(tmp_path):
             "AGENTED_DB_PATH": str(tmp_path / "a.db"),
             "GITHUB_WEBHOOK_SECRET": "s",
             "STALE_EXECUTION_THRESHOLD_SECS": 1,
-        }
+        },
+        migrate=True,
     )
     client = app.test_client()
     assert jobs.interval(app) == 1.0

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -67,6 +68,47 @@ def test_env_example_gives_a_running_service(tmp_path):
         assert '"GET /health/liveness HTTP/1.1" 200' in log  # access log
     finally:
         server.kill()
+
+
+def test_the_master_migrates_an_older_database_once_before_workers_serve(gunicorn, tmp_path):
+    path = tmp_path / "state" / "agented.db"
+    path.parent.mkdir()
+    connection = sqlite3.connect(path, isolation_level=None)
+    for statement in db.MIGRATIONS[0]:
+        connection.execute(statement)
+    connection.execute("PRAGMA user_version = 1")
+    connection.close()
+
+    server = gunicorn(GUNICORN_WORKERS="2")
+    status, answer = server.request("GET", "/health/readiness")
+    assert (status, answer["schema_version"]) == (200, db.SCHEMA_VERSION)
+    migrated = [line for line in server.log.splitlines() if "at schema version" in line]
+    assert len(migrated) == 1, server.log  # by the master, not by each worker
+    assert f"[{server.process.pid}]" in migrated[0]
+
+
+def test_gunicorn_stops_in_one_line_when_it_cannot_migrate(backend_dir, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+        cwd=backend_dir,
+        env=clean_environment(
+            AGENTED_DB_PATH=str(blocker / "agented.db"),
+            GUNICORN_BIND=f"127.0.0.1:{free_port()}",
+            GUNICORN_CONTROL_SOCKET="off",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("agented:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"agented: cannot migrate the database {blocker / 'agented.db'}: ")
+    assert "Booting worker" not in result.stderr
 
 
 def test_signed_webhook_end_to_end_and_events_reach_every_worker(gunicorn, tmp_path):
@@ -376,6 +418,8 @@ def test_run_py_development_server(backend_dir, tmp_path, arguments):
                 status, answer = request(port, "GET", "/health/liveness", timeout=1)
             time.sleep(0.05)
         assert status == 200
+        # No Gunicorn master: run.py migrated the fresh database itself before serving.
+        assert request(port, "GET", "/health/readiness", timeout=1)[0] == 200
         if arguments == ["--debug"]:
             assert answer["pid"] != process.pid  # served by the reloader's child process
         else:

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
-from app import create_app, db, events
+from app import db, events
+from app.factory import create_app
 from app.webhooks import signature_of
 from helpers import WEBHOOK_SECRET, parse_sse
 from test_webhooks import Tripwire, call
@@ -67,7 +68,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
             "BACKGROUND_JOBS": False,
             "SSE_POLL_INTERVAL_MS": 10,
             "SSE_REPLAY_LIMIT": 100000,
-        }
+        },
+        migrate=True,
     )
 
 

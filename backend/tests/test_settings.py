@@ -1,5 +1,5 @@
-"""app/settings.py is the one declaration: the code reads nothing else, uses everything it
-declares, and .env.example is derived from it."""
+"""app/settings/declarations.py is the one declaration: the code reads nothing else, uses
+everything it declares, and .env.example is derived from it."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from dotenv import dotenv_values
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app import create_app, jobs, settings
-from app.settings import SETTINGS, SETTINGS_BY_NAME, Setting, SettingsError
+from app import db, jobs, settings
+from app.factory import create_app
+from app.settings import SETTINGS, SETTINGS_BY_NAME, Bind, Setting, SettingsError
 from helpers import BACKEND_DIR, clean_environment, delivery_request
 
 # A valid value different from the default for every setting.
@@ -62,28 +63,75 @@ def restore_timezone():
     time.tzset()
 
 
+def run_gunicorn_conf() -> dict:
+    """The names gunicorn.conf.py defines, run in this process. It forgets every ``app``
+    module, as the master must; the test process keeps the ones its tests imported."""
+    imported = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "app"}
+    try:
+        return runpy.run_path(str(BACKEND_DIR / "gunicorn.conf.py"))
+    finally:
+        sys.modules.update(imported)
+
+
 # --- The declaration and .env.example -----------------------------------------------------------
 
 
-def test_settings_loads_by_path_with_the_standard_library_only():
-    """As deployment tooling loads it: by path, not registered in sys.modules, and without
-    site-packages (python -S), so no third-party module can be needed."""
-    code = (
-        "import importlib.util as u; s = u.spec_from_file_location('s', 'app/settings.py'); "
-        "m = u.module_from_spec(s); s.loader.exec_module(m); "
-        "assert m.parse_example(m.render_example()) == m.SETTINGS; "
-        "assert m.check(m.SETTINGS_BY_NAME['TZ'], 'Mars/Base'); "
-        'print(m.dotenv_quote("it\'s"))'
-    )
+def test_settings_load_as_a_private_package_with_the_standard_library_only(tmp_path):
+    """As deployment tooling loads it: by path, as a package under a name of its own, from
+    outside the backend, isolated from the environment and the user's site (python -I); every
+    module imported on the way belongs to the standard library."""
+    package = BACKEND_DIR / "app" / "settings"
+    code = f"""
+import importlib.util, sys
+before = set(sys.modules)
+spec = importlib.util.spec_from_file_location(
+    "private_name", {str(package / "__init__.py")!r},
+    submodule_search_locations=[{str(package)!r}],
+)
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+module.SETTINGS, module.check, module.parse_bind, module.dotenv_quote, module.dotenv_unquote
+assert module.check(module.SETTINGS_BY_NAME["TZ"], "Mars/Base")
+assert module.parse_bind("[::]:8080").local_url == "http://[::1]:8080"
+assert module.render_example().startswith("# Configuration of the agented backend.")
+import sysconfig
+stdlib = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
+def third_party(name):
+    if name.partition(".")[0] in sys.stdlib_module_names | {{"private_name"}}:
+        return False
+    origin = getattr(sys.modules[name], "__file__", None) or ""
+    return not origin.startswith(stdlib)
+foreign = sorted(name for name in set(sys.modules) - before if third_party(name))
+assert not foreign, foreign
+assert "app" not in sys.modules
+print(module.dotenv_quote("it's"))
+"""
     result = subprocess.run(
-        [sys.executable, "-S", "-c", code],
-        cwd=BACKEND_DIR,
+        [sys.executable, "-I", "-c", code],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "'it\\'s'\n"
+
+
+def test_importing_the_app_package_loads_no_third_party_module():
+    code = (
+        "import sys; before = set(sys.modules); import app.settings; "
+        "print(sorted({m.partition('.')[0] for m in set(sys.modules) - before} "
+        "- set(sys.stdlib_module_names) - {'app'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=BACKEND_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_sections_are_in_the_documented_order():
@@ -129,14 +177,8 @@ def test_required_variables_are_declared_with_their_defaults():
 def test_env_example_is_rendered_from_the_declaration():
     committed = (BACKEND_DIR / ".env.example").read_text(encoding="utf-8")
     assert committed == settings.render_example(), (
-        "regenerate: uv run python app/settings.py example > .env.example"
+        "regenerate: uv run python -m app.settings example > .env.example"
     )
-
-
-def test_env_example_parses_back_to_the_declaration():
-    assert settings.parse_example(settings.render_example()) == SETTINGS
-    committed = (BACKEND_DIR / ".env.example").read_text(encoding="utf-8")
-    assert settings.parse_example(committed) == SETTINGS
 
 
 def test_env_example_layout():
@@ -152,26 +194,9 @@ def test_env_example_layout():
     assert dotenv_values(stream=io.StringIO(text)) == {}
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "message"),
-    [
-        ("# SSE_REPLAY_LIMIT=500", "# SSE_REPLAY_LIMIT=50", "does not match the declared default"),
-        ("type: int 0..100000 | default: 500", "type: int 0-100000 | default: 500", "MIN..MAX"),
-        ("type: bind | default", "type: bind | maybe", "no default"),
-        ("type: flag 0,1 | no default", "type: flag 0,1 | no default | public", "secret"),
-        ("type: url | no default", "type: link | no default", "unknown kind"),
-    ],
-)
-def test_parse_example_rejects_malformed_lines(old, new, message):
-    text = settings.render_example()
-    assert old in text
-    with pytest.raises(ValueError, match=message):
-        settings.parse_example(text.replace(old, new, 1))
-
-
 def test_cli_prints_the_example_and_checks_it():
     result = subprocess.run(
-        [sys.executable, "app/settings.py", "example"],
+        [sys.executable, "-m", "app.settings", "example"],
         cwd=BACKEND_DIR,
         capture_output=True,
         text=True,
@@ -179,15 +204,16 @@ def test_cli_prints_the_example_and_checks_it():
     )
     assert result.stdout == settings.render_example()
     subprocess.run(
-        [sys.executable, "app/settings.py", "example", "--check"], cwd=BACKEND_DIR, check=True
+        [sys.executable, "-m", "app.settings", "example", "--check"], cwd=BACKEND_DIR, check=True
     )
 
 
 def test_cli_get_prints_one_effective_value_but_never_a_secret(tmp_path):
-    script = str(BACKEND_DIR / "app" / "settings.py")
-    env = clean_environment(GUNICORN_BIND="127.0.0.1:8123", SECRET_KEY="not-for-printing")
+    env = clean_environment(
+        GUNICORN_BIND="127.0.0.1:8123", SECRET_KEY="not-for-printing", PYTHONPATH=str(BACKEND_DIR)
+    )
     got = subprocess.run(
-        [sys.executable, script, "get", "GUNICORN_BIND"],
+        [sys.executable, "-m", "app.settings", "get", "GUNICORN_BIND"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -196,7 +222,7 @@ def test_cli_get_prints_one_effective_value_but_never_a_secret(tmp_path):
     )
     assert got.stdout == "127.0.0.1:8123\n"
     secret = subprocess.run(
-        [sys.executable, script, "get", "SECRET_KEY"],
+        [sys.executable, "-m", "app.settings", "get", "SECRET_KEY"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -207,9 +233,9 @@ def test_cli_get_prints_one_effective_value_but_never_a_secret(tmp_path):
 
 
 def test_cli_check_reports_one_line(tmp_path):
-    env = clean_environment(LOG_LEVEL="loud")
+    env = clean_environment(LOG_LEVEL="loud", PYTHONPATH=str(BACKEND_DIR))
     result = subprocess.run(
-        [sys.executable, str(BACKEND_DIR / "app" / "settings.py"), "check"],
+        [sys.executable, "-m", "app.settings", "check"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -284,6 +310,96 @@ def test_invalid_values_are_one_line_naming_variable_value_and_rule(name, value,
 )
 def test_valid_values(name, value):
     assert settings.check(SETTINGS_BY_NAME[name], value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "bind", "address", "local_url"),
+    [
+        (
+            "0.0.0.0:20000",
+            Bind("tcp", host="0.0.0.0", port=20000),
+            "0.0.0.0:20000",
+            "http://127.0.0.1:20000",
+        ),
+        ("127.0.0.1:8000", Bind("tcp", host="127.0.0.1", port=8000), None, "http://127.0.0.1:8000"),
+        ("[::]:8080", Bind("tcp", host="::", port=8080), "[::]:8080", "http://[::1]:8080"),
+        ("[::1]:8080", Bind("tcp", host="::1", port=8080), "[::1]:8080", "http://[::1]:8080"),
+        (
+            "[2001:db8::7]:443",
+            Bind("tcp", host="2001:db8::7", port=443),
+            "[2001:db8::7]:443",
+            "http://[2001:db8::7]:443",
+        ),
+        ("localhost:80", Bind("tcp", host="localhost", port=80), "localhost:80", None),
+        ("unix:/run/agented.sock", Bind("unix", path="/run/agented.sock"), "/run/agented.sock", ""),
+        ("unix:///run/agented.sock", Bind("unix", path="/run/agented.sock"), None, ""),
+        ("fd://3", Bind("fd", fd=3), "", ""),
+    ],
+)
+def test_parse_bind(value, bind, address, local_url):
+    """None: not asserted; "": refused with one line naming GUNICORN_BIND."""
+    assert settings.parse_bind(value) == bind
+    for attribute, expected in (("address", address), ("local_url", local_url)):
+        if expected == "":
+            with pytest.raises(SettingsError, match=r"^GUNICORN_BIND='.*'") as raised:
+                getattr(bind, attribute)
+            assert "\n" not in str(raised.value)
+        elif expected is not None:
+            assert getattr(bind, attribute) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["localhost", "0.0.0.0:99999", "300.1.1.1:80", "[::1:80", "fd://x", "unix:", ""]
+)
+def test_parse_bind_refuses_in_one_line(value):
+    with pytest.raises(SettingsError) as raised:
+        settings.parse_bind(value)
+    assert str(raised.value) == (
+        f"GUNICORN_BIND={value!r} is not allowed: use HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N"
+    )
+    assert (
+        str(raised.value) == settings.check(SETTINGS_BY_NAME["GUNICORN_BIND"], value) or not value
+    )
+
+
+def test_parse_bind_refuses_line_breaks_and_nul():
+    for value in ("unix:/run/a\nb.sock", "unix:/run/a\rb", "unix:/run/a\0b"):
+        with pytest.raises(SettingsError, match="is not allowed"):
+            settings.parse_bind(value)
+
+
+def test_run_py_takes_tcp_binds_only():
+    run = runpy.run_path(str(BACKEND_DIR / "run.py"))
+    assert run["tcp_address"]("[::1]:8000") == ("::1", 8000)
+    assert run["tcp_address"]("localhost:8000") == ("localhost", 8000)
+    for bind in ("unix:/run/agented.sock", "fd://3"):
+        with pytest.raises(SettingsError, match=r"not allowed for run\.py"):
+            run["tcp_address"](bind)
+
+
+@pytest.mark.parametrize(
+    ("bind", "output", "returncode"),
+    [
+        ("0.0.0.0:20000", "http://127.0.0.1:20000\n", 0),
+        ("[::]:20001", "http://[::1]:20001\n", 0),
+        ("unix:/run/agented.sock", "", 1),
+        ("fd://3", "", 1),
+    ],
+)
+def test_cli_local_url(tmp_path, bind, output, returncode):
+    result = subprocess.run(
+        [sys.executable, "-m", "app.settings", "local-url"],
+        cwd=tmp_path,
+        env=clean_environment(GUNICORN_BIND=bind, PYTHONPATH=str(BACKEND_DIR)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (returncode, output)
+    if returncode:
+        assert result.stderr.splitlines() == [
+            f"agented: GUNICORN_BIND={bind!r} has no http:// URL: use HOST:PORT or [IPv6]:PORT"
+        ]
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda setting: setting.name)
@@ -501,7 +617,7 @@ def test_every_environment_variable_read_is_declared():
         for name in environment_names(path.read_text(encoding="utf-8"))
         if name not in SETTINGS_BY_NAME
     }
-    assert not undeclared, "declare these in app/settings.py"
+    assert not undeclared, "declare these in app/settings/declarations.py"
 
 
 def test_every_declared_variable_is_used_by_name_in_the_code():
@@ -512,8 +628,6 @@ def test_every_declared_variable_is_used_by_name_in_the_code():
     ]
     literals = set()
     for path in consumers:
-        if path.name == "settings.py":
-            continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 literals.add(node.value)
@@ -533,7 +647,7 @@ def test_every_setting_takes_effect(tmp_path, monkeypatch, restore_timezone):
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
 
-    app = create_app()
+    app = create_app(migrate=True)
     client = app.test_client()
 
     # Security, Database
@@ -586,7 +700,7 @@ def test_every_setting_takes_effect(tmp_path, monkeypatch, restore_timezone):
             assert str(reported[name]).lower() in (value.lower(), "true"), name
 
     # Server and Tuning: Gunicorn's own settings
-    gunicorn_config = runpy.run_path(str(BACKEND_DIR / "gunicorn.conf.py"))
+    gunicorn_config = run_gunicorn_conf()
     assert gunicorn_config["bind"] == ["127.0.0.1:21000"]
     assert gunicorn_config["loglevel"] == "warning"
     assert gunicorn_config["control_socket"] == "/run/agented/gunicorn.ctl"
@@ -602,24 +716,33 @@ def test_every_setting_takes_effect(tmp_path, monkeypatch, restore_timezone):
 
 def test_control_socket_off_and_default(monkeypatch):
     monkeypatch.setenv("GUNICORN_CONTROL_SOCKET", "off")
-    config = runpy.run_path(str(BACKEND_DIR / "gunicorn.conf.py"))
+    config = run_gunicorn_conf()
     assert config["control_socket_disable"] is True
     monkeypatch.setenv("GUNICORN_CONTROL_SOCKET", "")
-    config = runpy.run_path(str(BACKEND_DIR / "gunicorn.conf.py"))
+    config = run_gunicorn_conf()
     assert "control_socket" not in config and "control_socket_disable" not in config
 
 
-def test_gunicorn_conf_does_not_import_the_app_package():
+def test_gunicorn_conf_does_not_import_the_app_package(tmp_path):
+    """Neither loading the configuration nor migrating in on_starting leaves an app module,
+    or Flask, in the master."""
+    path = tmp_path / "state" / "agented.db"
     code = (
-        "import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
+        "import logging, runpy, sys, types; config = runpy.run_path('gunicorn.conf.py'); "
+        "config['on_starting'](types.SimpleNamespace(log=logging.getLogger('test'))); "
         "print(sorted(m for m in sys.modules if m == 'app' or m.startswith(('app.', 'flask'))))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=BACKEND_DIR,
-        env=clean_environment(),
+        env=clean_environment(AGENTED_DB_PATH=str(path)),
         capture_output=True,
         text=True,
         check=True,
     )
     assert result.stdout.strip() == "[]"
+    connection = db.connect(str(path))
+    try:
+        assert db.schema_version(connection) == db.SCHEMA_VERSION
+    finally:
+        connection.close()

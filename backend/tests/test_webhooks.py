@@ -8,7 +8,8 @@ import json
 import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from app import create_app, db, events
+from app import db, events
+from app.factory import create_app
 from app.webhooks import signature_of
 from helpers import WEBHOOK_SECRET, deliver
 
@@ -124,7 +125,8 @@ def test_deliveries_about_one_issue_share_a_conversation(app, client):
 
 def test_no_secret_configured_refuses_everything(tmp_path):
     app = create_app(
-        {"TESTING": True, "AGENTED_DB_PATH": str(tmp_path / "a.db"), "BACKGROUND_JOBS": False}
+        {"TESTING": True, "AGENTED_DB_PATH": str(tmp_path / "a.db"), "BACKGROUND_JOBS": False},
+        migrate=True,
     )
     response = deliver(app.test_client(), {"a": 1}, secret="")
     assert response.status_code == 503
@@ -189,7 +191,8 @@ def test_chunked_body_is_cut_at_the_limit(tmp_path):
             "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "BACKGROUND_JOBS": False,
             "GITHUB_WEBHOOK_MAX_BYTES": 1024,
-        }
+        },
+        migrate=True,
     )
     body = json.dumps({"pad": "x" * 2000}).encode()
     builder = EnvironBuilder(

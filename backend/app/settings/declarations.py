@@ -1,0 +1,247 @@
+"""The declaration of every environment variable the agented backend reads.
+
+Only data: what each variable is for, where .env.example documents it and what is valid. The
+rules for a declaration and for a value are in :mod:`.schema`; loading, the .env file and
+the rendering of .env.example are in the package itself.
+"""
+
+from .schema import Setting
+
+
+def _setting(*, description: str, **fields: object) -> Setting:
+    """A Setting whose description may be wrapped over several lines in the source."""
+    return Setting(description=" ".join(description.split()), **fields)  # type: ignore[arg-type]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- Security ---
+    _setting(
+        name="SECRET_KEY",
+        section="Security",
+        kind="string",
+        default=None,
+        description="""Key that signs sessions and tokens (Flask's SECRET_KEY). Unset: a random
+        key is generated once into .secret_key next to the database (mode 0600) and reused; set
+        it explicitly when several hosts must share it.""",
+        secret=True,
+    ),
+    # --- Server ---
+    _setting(
+        name="GUNICORN_BIND",
+        section="Server",
+        kind="bind",
+        default="0.0.0.0:20000",
+        description="""Address Gunicorn listens on; run.py uses it too (HOST:PORT forms only).
+        Ignored when systemd hands over the listening socket (socket activation).""",
+    ),
+    _setting(
+        name="LOG_LEVEL",
+        section="Server",
+        kind="choice",
+        default="info",
+        description="Verbosity of the application and Gunicorn logs.",
+        choices=("debug", "info", "warning", "error", "critical"),
+    ),
+    _setting(
+        name="GUNICORN_CONTROL_SOCKET",
+        section="Server",
+        kind="socket-path",
+        default=None,
+        description="""Where Gunicorn puts its control socket (for gunicornc). Unset: Gunicorn's
+        default, $XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl; off: no control
+        socket; otherwise an absolute path, e.g. /run/agented/gunicorn.ctl under systemd.""",
+    ),
+    _setting(
+        name="TZ",
+        section="Server",
+        kind="timezone",
+        default=None,
+        description="""Time zone of the process (log timestamps, agent runs). Unset: the
+        system's time zone. Timestamps in the API are always UTC.""",
+    ),
+    # --- CORS ---
+    _setting(
+        name="CORS_ALLOWED_ORIGINS",
+        section="CORS",
+        kind="origins",
+        default="*",
+        description="""Browser origins allowed to call the API and open the event stream. *
+        allows any origin and logs a warning at start: list your front end's origins instead.""",
+    ),
+    # --- Database ---
+    _setting(
+        name="AGENTED_DB_PATH",
+        section="Database",
+        kind="path",
+        default="agented.db",
+        description="""SQLite database file; its directory is created if missing and also holds
+        .secret_key. The default resolves to backend/agented.db; deployments point it at a state
+        directory such as /var/lib/agented/agented.db.""",
+    ),
+    # --- GitHub ---
+    _setting(
+        name="GITHUB_WEBHOOK_SECRET",
+        section="GitHub",
+        kind="string",
+        default=None,
+        description="""Secret of the GitHub webhook; every delivery must carry a valid
+        X-Hub-Signature-256. Unset: the webhook answers 503 and accepts nothing.""",
+        secret=True,
+    ),
+    _setting(
+        name="GITHUB_WEBHOOK_MAX_BYTES",
+        section="GitHub",
+        kind="int",
+        default="26214400",
+        description="""Largest webhook body accepted, in bytes (GitHub caps payloads at 25 MB).
+        Larger deliveries get 413 without the body being read.""",
+        minimum=1024,
+        maximum=1073741824,
+    ),
+    # --- AI/LLM ---
+    _setting(
+        name="ANTHROPIC_API_KEY",
+        section="AI/LLM",
+        kind="string",
+        default=None,
+        description="API key given to agent runs (as ANTHROPIC_API_KEY).",
+        secret=True,
+    ),
+    _setting(
+        name="ANTHROPIC_API_BASE",
+        section="AI/LLM",
+        kind="url",
+        default=None,
+        description="""Base URL of the Anthropic API or a compatible gateway, given to agent
+        runs as ANTHROPIC_BASE_URL. Unset: the client's default.""",
+    ),
+    # --- Plugins ---
+    _setting(
+        name="CLAUDE_PLUGIN_ROOT",
+        section="Plugins",
+        kind="path",
+        default=None,
+        description="""Directory holding Claude Code plugins, given to agent runs as
+        CLAUDE_PLUGIN_ROOT.""",
+    ),
+    _setting(
+        name="SKILLS_PLAYGROUND_CWD",
+        section="Plugins",
+        kind="path",
+        default=None,
+        description="""Working directory of skill playground runs. Unset: the agent run's own
+        working directory.""",
+    ),
+    # --- Tuning ---
+    _setting(
+        name="GUNICORN_WORKERS",
+        section="Tuning",
+        kind="int",
+        default="2",
+        description="""Gunicorn worker processes. Each is a gevent event loop holding many
+        connections; one or two per core is plenty.""",
+        minimum=1,
+        maximum=64,
+    ),
+    _setting(
+        name="GUNICORN_WORKER_CONNECTIONS",
+        section="Tuning",
+        kind="int",
+        default="4096",
+        description="""Simultaneous connections per worker, event streams included. Gunicorn
+        raises the open-files limit to fit when the hard limit allows.""",
+        minimum=1,
+        maximum=100000,
+    ),
+    _setting(
+        name="GUNICORN_TIMEOUT",
+        section="Tuning",
+        kind="int",
+        default="30",
+        description="""Seconds a worker may block its event loop before the master restarts it
+        (0 disables).""",
+        minimum=0,
+        maximum=3600,
+    ),
+    _setting(
+        name="GUNICORN_GRACEFUL_TIMEOUT",
+        section="Tuning",
+        kind="int",
+        default="10",
+        description="""Seconds a stopping worker gets to finish its requests (on stop, restart
+        and reload). Event streams end at once and clients resume with Last-Event-ID. Keep it
+        below the service manager's stop timeout (systemd TimeoutStopSec=30).""",
+        minimum=0,
+        maximum=3600,
+    ),
+    _setting(
+        name="GUNICORN_KEEPALIVE",
+        section="Tuning",
+        kind="int",
+        default="2",
+        description=(
+            "Seconds an idle keep-alive connection is held open for the next request. A stopping"
+            " worker waits for idle connections this long, so a short value keeps restarts fast."
+        ),
+        minimum=0,
+        maximum=300,
+    ),
+    _setting(
+        name="STALE_CONVERSATION_THRESHOLD_SECS",
+        section="Tuning",
+        kind="int",
+        default="1800",
+        description="Seconds without activity after which an active conversation is marked stale.",
+        minimum=1,
+        maximum=31536000,
+    ),
+    _setting(
+        name="STALE_EXECUTION_THRESHOLD_SECS",
+        section="Tuning",
+        kind="int",
+        default="900",
+        description="Seconds after which an execution still running is marked stale.",
+        minimum=1,
+        maximum=31536000,
+    ),
+    _setting(
+        name="SSE_REPLAY_LIMIT",
+        section="Tuning",
+        kind="int",
+        default="500",
+        description="""Most missed events replayed to an event-stream client that reconnects
+        with Last-Event-ID (the newest ones; 0 disables replay).""",
+        minimum=0,
+        maximum=100000,
+    ),
+    _setting(
+        name="SSE_HEARTBEAT_SECS",
+        section="Tuning",
+        kind="int",
+        default="15",
+        description="Seconds between heartbeat comments on an idle event stream.",
+        minimum=1,
+        maximum=3600,
+    ),
+    _setting(
+        name="SSE_POLL_INTERVAL_MS",
+        section="Tuning",
+        kind="int",
+        default="100",
+        description="""Milliseconds between two reads of new events from the database by each
+        worker; the upper bound of the delay before an event written by another worker is
+        delivered.""",
+        minimum=10,
+        maximum=10000,
+    ),
+    # --- Experimental ---
+    _setting(
+        name="CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS",
+        section="Experimental",
+        kind="flag",
+        default=None,
+        description="""1 lets agent runs use Claude Code's experimental agent teams (passed
+        through as CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS=1).""",
+        choices=("0", "1"),
+    ),
+)
