@@ -23,7 +23,7 @@ SRC = str(BACKEND)
 def test_settings_are_the_backend_declarations_that_env_example_documents():
     names = [s["name"] for s in agented_backend_settings(SRC)]
     example = (BACKEND / ".env.example").read_text()
-    documented = re.findall(r"^# ([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE)
+    documented = re.findall(r"^# type: .*\n# ([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE)
     assert names and names == documented
     assert {"SECRET_KEY", "GITHUB_WEBHOOK_SECRET", "ANTHROPIC_API_KEY"} <= {
         s["name"] for s in agented_backend_settings(SRC) if s["secret"]
@@ -111,7 +111,9 @@ def test_listen_address_and_probe_url():
             agented_backend_listen(unsupported, SRC)
 
 
-@pytest.mark.parametrize("separator", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+@pytest.mark.parametrize(
+    "separator", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+)
 def test_dotenv_read_keeps_characters_that_splitlines_would_split_at(separator):
     value = f"before{separator}after"
     text = f"A=1\nSECRET_KEY={agented_backend_dotenv_quote(value, SRC)}\nB=2\n"
@@ -161,15 +163,14 @@ def test_release_ships_source_only_and_its_id_follows_the_content(tmp_path):
 
 
 def test_release_refuses_a_directory_that_is_not_a_backend(tmp_path):
-    with pytest.raises(AnsibleLookupError, match="has no pyproject.toml; point it at backend/"):
+    with pytest.raises(AnsibleLookupError, match=r"has no pyproject\.toml; point it at backend/"):
         release(str(tmp_path))
 
 
 def test_copy_ships_exactly_the_release_files(tmp_path):
+    (tmp_path / "src").mkdir()
     backend = make_backend(tmp_path / "src")
     copied = copy(str(backend), tmp_path / "copy")
-    shipped = sorted(
-        str(path.relative_to(copied)) for path in copied.rglob("*") if path.is_file()
-    )
+    shipped = sorted(str(path.relative_to(copied)) for path in copied.rglob("*") if path.is_file())
     assert shipped == sorted(release(str(backend))["files"])
     assert release(str(copied))["id"] == release(str(backend))["id"]

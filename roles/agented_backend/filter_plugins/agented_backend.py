@@ -1,8 +1,8 @@
 """Filters that check and render the service's configuration with the backend's own rules.
 
-The backend declares every variable in backend/app/settings/ (standard library only, relative imports
-within the package). Loading that package here means the role validates `agented_backend_env` with
-exactly the code the service runs at start, so the two never disagree.
+The backend declares every variable in backend/app/settings/ (standard library only, relative
+imports within the package). Loading that package here means the role validates
+`agented_backend_env` with exactly the code the service runs at start, so the two never disagree.
 """
 
 import difflib
@@ -16,7 +16,7 @@ _PACKAGES = {}
 
 
 def _settings(src):
-    """The backend's app.settings package from `src`, loaded under a private name, once per directory.
+    """The backend's app.settings package from `src`, under a private name, once per directory.
 
     The controller has none of the backend's dependencies and may deploy several backends (say, a
     fixture release beside the real one), so it is never imported as `app`.
@@ -30,7 +30,9 @@ def _settings(src):
                 f"agented_backend_src: {src!r} is not a backend directory (no app/settings/ there)"
             )
         name = f"_agented_backend_settings_{len(_PACKAGES)}"
-        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[package])
+        spec = importlib.util.spec_from_file_location(
+            name, init, submodule_search_locations=[package]
+        )
         module = importlib.util.module_from_spec(spec)
         # The package's relative imports and dataclasses look it up in sys.modules.
         sys.modules[name] = module
@@ -121,7 +123,7 @@ def agented_backend_env_values(env, src, defaults=None):
 
 
 def agented_backend_dotenv_quote(value, src):
-    """Quote a value so that python-dotenv, the service's only .env parser, reads it back exactly."""
+    """Quote a value so that python-dotenv, the service's only .env parser, reads it exactly."""
     return _settings(src).dotenv_quote(_as_text(value))
 
 

@@ -2,11 +2,11 @@ DOCUMENTATION = r"""
 name: agented_backend_release
 short_description: The files of a backend release and the id derived from their contents
 description:
-  - Walks the backend directory on the controller, leaving out what is generated or local to one machine
-    (virtualenvs, caches, .env, databases, secret keys, tests), and returns the relative paths of the
-    directories and files to ship together with a release id.
-  - The id is the first 12 hex digits of a SHA-256 over every shipped path and its contents, so it changes
-    exactly when the backend source or uv.lock changes.
+  - Walks the backend directory on the controller, leaving out what is generated or local to
+    one machine (virtualenvs, caches, .env, databases, secret keys, tests), and returns the
+    relative paths of the directories and files to ship together with a release id.
+  - The id is the first 12 hex digits of a SHA-256 over every shipped path and its contents,
+    so it changes exactly when the backend source or uv.lock changes.
 options:
   _terms:
     description: The backend directory on the controller.
