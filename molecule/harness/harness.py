@@ -176,11 +176,13 @@ class SystemdHost:
         self.remove()
         _run(["docker", "image", "inspect", self.image])  # molecule/images/build makes it
         platforms = [{"name": self.name, "image": self.image}]
-        run = ansible_playbook(
-            CREATE_PLAYBOOK,
-            inventory="localhost,",
-            extra_vars={"molecule_yml": {"platforms": platforms}},
-        )
+        extra_vars = {
+            "molecule_yml": {"platforms": platforms},
+            # An inventory that names localhost makes Ansible look for a python3 of its own; the
+            # docker modules need the one that runs ansible-playbook (as the implicit localhost).
+            "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        }
+        run = ansible_playbook(CREATE_PLAYBOOK, inventory="localhost,", extra_vars=extra_vars)
         if run.rc != 0:
             raise RuntimeError(f"could not create {self.name}:\n{run}")
         deadline = time.monotonic() + 60
