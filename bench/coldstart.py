@@ -87,7 +87,8 @@ def start_once(src: Path, state: Path, marks: Path) -> dict:
         while not ready():
             if process.poll() is not None:
                 raise SystemExit(
-                    f"gunicorn exited {process.returncode}: {process.stderr.read().decode()[-2000:]}"
+                    f"gunicorn exited {process.returncode}: "
+                    f"{process.stderr.read().decode()[-2000:]}"
                 )
             if time.monotonic() - start > 30:
                 raise SystemExit("gunicorn not ready after 30 s")
@@ -123,19 +124,22 @@ MASTER_CODE = (
 )
 WORKER_CODE = "from gevent import monkey; monkey.patch_all(); import app"
 MARKER = "--- fork ---"
+# How the import tables name a module with what imported it: "a > b", b imported by a.
+IMPORTED_BY = " \N{SINGLE RIGHT-POINTING ANGLE QUOTATION MARK} "
 
 
 def importtime(src: Path, runs: int = 5) -> tuple[list, list]:
     """The costliest imports (python -X importtime, median cumulative ms over a few runs) of the
-    master (Gunicorn, gunicorn.conf.py) and then of a worker, which inherits what the master imported
-    (gevent's monkey-patching, `import app`); down to the third level, each named with what imported
-    it (a › b: b imported by a)."""
+    master (Gunicorn, gunicorn.conf.py) and then of a worker, which inherits what the master
+    imported (gevent's monkey-patching, `import app`); down to the third level, each named with
+    what imported it ("a \N{SINGLE RIGHT-POINTING ANGLE QUOTATION MARK} b": b imported by a)."""
     python = common.BACKEND / ".venv" / "bin" / "python"
     code = f"{MASTER_CODE}; import sys; print({MARKER!r}, file=sys.stderr); {WORKER_CODE}"
     samples = {"master": collections.defaultdict(list), "worker": collections.defaultdict(list)}
     for _ in range(runs):
         out = subprocess.run(
             [str(python), "-X", "importtime", "-c", code],
+            check=True,
             cwd=src,
             capture_output=True,
             text=True,
@@ -152,7 +156,7 @@ def importtime(src: Path, runs: int = 5) -> tuple[list, list]:
                 depth = len(match[2]) // 2
                 stack = [*stack[:depth], match[3]]
                 if depth <= 2:
-                    samples[side][" › ".join(stack)].append(int(match[1]) / 1000)
+                    samples[side][IMPORTED_BY.join(stack)].append(int(match[1]) / 1000)
     result = []
     for side in ("master", "worker"):
         medians = {name: sorted(v)[len(v) // 2] for name, v in samples[side].items()}
@@ -176,6 +180,12 @@ def chart(restart: list[tuple[str, dict]], first: list[tuple[str, dict]], direct
     ax.set_title("Cold start: where the time goes")
     fig.tight_layout()
     fig.savefig(directory / "coldstart.png")
+
+
+def milliseconds(step: dict) -> str:
+    """Median / p95 of a step, in milliseconds."""
+    median, p95 = (common.fmt(step[key] * 1000, " ms", 0) for key in ("median", "p95"))
+    return f"{median} / {p95}"
 
 
 def summarize(totals: dict) -> list[dict]:
@@ -241,20 +251,24 @@ def main() -> None:
             for kind, s in totals.items()
         ],
     )
-    text += "\nWhere the time goes (median / p95 of each step, in the master, then the first worker to serve):\n\n"
+    text += (
+        "\nWhere the time goes (median / p95 of each step, in the master, then the first worker "
+        "to serve):\n\n"
+    )
     text += common.table(
         ["step", "restart", "first start"],
         [
             [
                 label,
-                f"{common.fmt(a['median'] * 1000, ' ms', 0)} / {common.fmt(a['p95'] * 1000, ' ms', 0)}",
-                f"{common.fmt(b['median'] * 1000, ' ms', 0)} / {common.fmt(b['p95'] * 1000, ' ms', 0)}",
+                milliseconds(a),
+                milliseconds(b),
             ]
             for (label, a), (_, b) in zip(restart_steps, first_steps, strict=True)
         ],
     )
     text += (
-        "\nLargest imports (python -X importtime, cumulative, median of 5; `a › b`: b imported by a), "
+        "\nLargest imports (python -X importtime, cumulative, median of 5; "
+        f"`a{IMPORTED_BY}b`: b imported by a), "
         "in the master (Gunicorn and gunicorn.conf.py):\n\n"
     )
     text += common.table(

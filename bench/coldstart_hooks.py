@@ -1,4 +1,4 @@
-"""Gunicorn configuration used by bench/coldstart.py: the backend's own gunicorn.conf.py, plus marks.
+"""Gunicorn configuration of bench/coldstart.py: the backend's own gunicorn.conf.py, plus marks.
 
 Runs the real configuration file (BENCH_GUNICORN_CONF) and adds hooks that append
 "<mark> <CLOCK_MONOTONIC seconds> <pid>" lines to BENCH_MARKS, one per step of a cold start:
@@ -39,7 +39,8 @@ if __name__ != "coldstart_hooks":  # loaded by Gunicorn as its configuration fil
 
 
 def create_app():
-    """Called in the worker after gevent's monkey-patching, where Gunicorn would load app:create_app()."""
+    """Called in the worker after gevent's monkey-patching, where Gunicorn would load
+    app:create_app()."""
     mark("gevent_patched")
     import app  # noqa: PLC0415
 

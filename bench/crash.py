@@ -46,7 +46,8 @@ def measure(host: common.Host, variant: str, args) -> dict:
     host.sh(f"rm -f {PROPOSAL_DROP_IN} && systemctl daemon-reload")
     if proposal:
         host.sh(
-            f"mkdir -p $(dirname {PROPOSAL_DROP_IN}) && printf '{PROPOSAL_UNIT}' > {PROPOSAL_DROP_IN}"
+            f"mkdir -p $(dirname {PROPOSAL_DROP_IN})"
+            f" && printf '{PROPOSAL_UNIT}' > {PROPOSAL_DROP_IN}"
             " && systemctl daemon-reload"
         )
     if (
@@ -113,8 +114,9 @@ def measure(host: common.Host, variant: str, args) -> dict:
 
 
 def first_answer(kill: dict, records: list) -> float | None:
-    """Seconds from the kill to the first request answered by the new master (the first answer after
-    its READY=1, when systemd has seen every old process gone); also noted in the kill's breakdown."""
+    """Seconds from the kill to the first request answered by the new master (the first answer
+    after its READY=1, when systemd has seen every old process gone); also noted in the kill's
+    breakdown."""
     ready = kill["breakdown"].get("new_master_ready")
     if ready is None:
         return None
@@ -128,7 +130,8 @@ def first_answer(kill: dict, records: list) -> float | None:
 
 
 def phases(kills: list[dict]) -> dict:
-    """Median seconds of each step of a kill-to-ready, from the journal marks and the load's answers."""
+    """Median seconds of each step of a kill-to-ready, from the journal marks and the load's
+    answers."""
     steps = {
         "old processes gone": ("", "stopped"),
         "RestartSec wait": ("stopped", "restart_scheduled"),
@@ -251,8 +254,9 @@ def summarize(runs: list[dict]) -> list[dict]:
             common.goal(
                 "§1",
                 f"{run['label']}: kill-to-ready ≤ RestartSec + 0.5 s = {limit:g} s (p95)",
-                f"p50 {common.fmt(k['median'], ' s')}, p95 {common.fmt(k['p95'], ' s')} (first answer "
-                f"p50 {common.fmt(first['median'], ' s')}, p95 {common.fmt(first['p95'], ' s')})",
+                f"p50 {common.fmt(k['median'], ' s')}, p95 {common.fmt(k['p95'], ' s')} "
+                f"(first answer p50 {common.fmt(first['median'], ' s')}, "
+                f"p95 {common.fmt(first['p95'], ' s')})",
                 k["p95"] is not None and k["p95"] <= limit,
             )
         )

@@ -214,9 +214,11 @@ def tables(runs: list[dict], builds: dict) -> str:
     cold = stats["pip-cold"]["median"] / stats["uv-cold"]["median"]
     cold_bc = stats["pip-cold"]["median"] / stats["uv-cold-bytecode"]["median"]
     warm = stats["pip-warm"]["median"] / stats["uv-warm"]["median"]
+    x = common.TIMES
     text += (
-        f"\npip ÷ uv, empty caches: **{cold:.1f}×** (uv with --compile-bytecode, as the role builds: "
-        f"{cold_bc:.1f}×); warm caches: {warm:.1f}×. Goal ≥ {GOAL_RATIO:g}×: "
+        f"\npip ÷ uv, empty caches: **{cold:.1f}{x}** "
+        f"(uv with --compile-bytecode, as the role builds: {cold_bc:.1f}{x}); "
+        f"warm caches: {warm:.1f}{x}. Goal ≥ {GOAL_RATIO:g}{x}: "
         f"{common.verdict(min(cold, cold_bc) >= GOAL_RATIO)}.\n"
     )
     return text
@@ -250,8 +252,9 @@ def summarize(runs: list[dict], builds: dict) -> list[dict]:
     goals.append(
         common.goal(
             "§5",
-            f"uv ≥ {GOAL_RATIO:g}× faster than pip for the same lock (empty caches)",
-            f"{ratio:.1f}× ({ratio_bc:.1f}× with --compile-bytecode, as the role builds)",
+            f"uv ≥ {GOAL_RATIO:g}{common.TIMES} faster than pip for the same lock (empty caches)",
+            f"{ratio:.1f}{common.TIMES} "
+            f"({ratio_bc:.1f}{common.TIMES} with --compile-bytecode, as the role builds)",
             min(ratio, ratio_bc) >= GOAL_RATIO,
         )
     )

@@ -157,7 +157,9 @@ def tables(runs: list[dict]) -> str:
     for run in runs:
         kind, mode = run["name"].split("-")
         what = (
-            f"{RELOADS} × systemctl reload" if kind == "reload" else "redeploy of a changed release"
+            f"{RELOADS} {common.TIMES} systemctl reload"
+            if kind == "reload"
+            else "redeploy of a changed release"
         )
         lat = run["latency"]
         rows.append(
@@ -195,7 +197,11 @@ def summarize(runs: list[dict]) -> list[dict]:
         common.goal(
             "§3",
             "0 failed requests: "
-            + ("5 × systemctl reload" if r["name"].startswith("reload") else "redeploy")
+            + (
+                f"{RELOADS} {common.TIMES} systemctl reload"
+                if r["name"].startswith("reload")
+                else "redeploy"
+            )
             + f", socket activation {r['name'].split('-')[1]}",
             f"{r['failed']} of {r['requests']} failed, slowest answer {r['latency']['max']:.2f} s",
             r["failed"] == 0,

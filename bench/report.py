@@ -47,7 +47,8 @@ def machine_block() -> str:
     return (
         f"{first['cores']} cores ({first['cpu']}), {first['memory_mb'] / 1024:.0f} GB of memory "
         f"(`nproc`, `free`), Linux {first['kernel']}.\n\n"
-        "| benchmark | commit | finished | load average at its start (1 / 5 / 15 min) | at its end |\n"
+        "| benchmark | commit | finished "
+        "| load average at its start (1 / 5 / 15 min) | at its end |\n"
         "| --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
     )
 

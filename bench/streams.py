@@ -141,7 +141,8 @@ class Bench:
             connected.set()
 
     async def connect(self, total: int, tasks: list) -> float | None:
-        """Open streams up to `total`, BATCH at a time; seconds it took (None: some never opened)."""
+        """Open streams up to `total`, BATCH at a time; the seconds it took (None: some never
+        opened)."""
         start = time.monotonic()
         while len(tasks) < total:
             events = []
@@ -283,7 +284,8 @@ def delays(bench: Bench, events) -> list[float]:
 
 
 def per_event(bench: Bench, events) -> list[dict]:
-    """For each event: when it was posted (s after the first) and its first, median and last delivery."""
+    """For each event: when it was posted (s after the first) and its first, median and last
+    delivery."""
     first = bench.sent[events[0]][0] if events else 0.0
     rows = []
     for event in events:
@@ -370,7 +372,8 @@ def chart(result: dict, seconds: list[float], directory: Path) -> None:
     bottom.set_xlabel("delivery latency (ms): webhook posted → event line read by the client")
     bottom.set_ylabel("fraction of deliveries")
     bottom.set_title(
-        f"Delivery latency to {result['clients']} streams ({result['latency']['deliveries']} deliveries)"
+        f"Delivery latency to {result['clients']} streams "
+        f"({result['latency']['deliveries']} deliveries)"
     )
     bottom.legend(fontsize=8)
     fig.tight_layout()
@@ -421,11 +424,15 @@ def tables(results: list[dict]) -> str:
         text += (
             f"\nSSE_POLL_INTERVAL_MS={r['poll_ms']}: the last stream to get an event waited "
             f"{common.fmt(common.percentile(last, 50) * 1000, ' ms', 0)} (median over events), "
-            f"{common.fmt(max(last) * 1000, ' ms', 0)} at most; {slow} of {len(last)} events reached "
-            f"some stream after more than {GOAL_P99 * 1000:.0f} ms.\n"
+            f"{common.fmt(max(last) * 1000, ' ms', 0)} at most; "
+            f"{slow} of {len(last)} events reached some stream "
+            f"after more than {GOAL_P99 * 1000:.0f} ms.\n"
         )
     r = results[0]
-    text += f"\nMemory of the Gunicorn processes (master + workers, RSS; SSE_POLL_INTERVAL_MS={r['poll_ms']}):\n\n"
+    text += (
+        "\nMemory of the Gunicorn processes (master + workers, RSS; "
+        f"SSE_POLL_INTERVAL_MS={r['poll_ms']}):\n\n"
+    )
     rows = [[f"{n} streams open", common.fmt(v, " MB", 0)] for n, v in r["rss_mb"].items()]
     rows.append(["**per 1,000 streams**", common.fmt(r["rss_per_1000"], " MB", 1)])
     ev = r["rss_events"]
@@ -442,8 +449,8 @@ def tables(results: list[dict]) -> str:
             str(n) for n in sorted(r["streams_per_worker"].values(), reverse=True)
         )
         text += (
-            f"\nSSE_POLL_INTERVAL_MS={r['poll_ms']}: streams per worker {per_worker}; open at the end "
-            f"{r['open_at_end']}, dropped by the server {r['dropped']}; "
+            f"\nSSE_POLL_INTERVAL_MS={r['poll_ms']}: streams per worker {per_worker}; "
+            f"open at the end {r['open_at_end']}, dropped by the server {r['dropped']}; "
             f"{r['clients']} streams opened in {r['connect_seconds'][str(r['clients'])]:.1f} s; "
             f"CPU per event: server {r['cpu_per_event']['server'] * 1000:.0f} ms, "
             f"client {r['cpu_per_event']['client'] * 1000:.0f} ms.\n"
@@ -478,8 +485,8 @@ def summarize(results: list[dict]) -> list[dict]:
                 "§4",
                 f"{r['clients']} streams, SSE_POLL_INTERVAL_MS={r['poll_ms']}: "
                 f"delivery p99 < {GOAL_P99 * 1000:.0f} ms",
-                f"p50 {lat['median'] * 1000:.0f} ms, p95 {lat['p95'] * 1000:.0f} ms, p99 {lat['p99'] * 1000:.0f} ms, "
-                f"{lat['missing']} missed",
+                f"p50 {lat['median'] * 1000:.0f} ms, p95 {lat['p95'] * 1000:.0f} ms, "
+                f"p99 {lat['p99'] * 1000:.0f} ms, {lat['missing']} missed",
                 lat["p99"] < GOAL_P99 and lat["missing"] == 0,
             )
         )

@@ -6,7 +6,7 @@ optionally disturbs the service meanwhile:
 
     load.py --rate 50 --seconds 60 --out FILE [--kills N --settle S]   SIGKILL the master N times
     load.py --rate 50 --seconds 60 --out FILE --action-at T [--repeat N --every S] -- CMD...
-                                                                        run CMD at T (N times, S s apart)
+                                                        run CMD at T (N times, S s apart)
     load.py --rate 50 --seconds 300 --out FILE --stop-file PATH         until PATH exists
 
 Each request is recorded as (sent at, seconds, status or error). A kill waits until the service
@@ -105,6 +105,7 @@ def journal_since(realtime):
         ],
         capture_output=True,
         text=True,
+        check=False,  # no journal is no breakdown, not a failed run
     ).stdout
     lines = []
     for line in out.splitlines():
@@ -178,7 +179,7 @@ class Load:
             thread.join(REQUEST_TIMEOUT + 5)
 
 
-def main(argv):
+def parse(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--path", default="/api/executions?limit=1")
     parser.add_argument("--rate", type=float, default=50)
@@ -194,8 +195,47 @@ def main(argv):
     parser.add_argument("--every", type=float, default=5.0)
     parser.add_argument("--stop-file")
     parser.add_argument("action", nargs="*")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def disturb(args, start, kills, actions):
+    """The kills, the actions or the wait for the stop file, while the load runs; what happened
+    goes to kills and actions."""
+    time.sleep(args.lead)
+    for _ in range(args.kills):
+        if wait_ready(deadline=60) is None:
+            break
+        time.sleep(args.settle)
+        master = main_pid()
+        at, wall = time.monotonic() - start, time.time()
+        os.kill(master, signal.SIGKILL)
+        seconds = wait_ready(not_master=master, deadline=60)
+        kills.append({"at": round(at, 4), "wall": wall, "master": master, "seconds": seconds})
+    for i in range(args.repeat if args.action else 0):
+        due = args.action_at + i * args.every
+        time.sleep(max(0.0, due - (time.monotonic() - start)))
+        at = time.monotonic() - start
+        # The action's exit code is recorded, not raised: a failed reload is a result too.
+        result = subprocess.run(args.action, capture_output=True, text=True, check=False)
+        actions.append(
+            {
+                "at": round(at, 4),
+                "seconds": round(time.monotonic() - start - at, 4),
+                "command": args.action,
+                "returncode": result.returncode,
+                "output": (result.stdout + result.stderr)[-500:],
+            }
+        )
+    if args.stop_file:
+        while not os.path.exists(args.stop_file) and time.monotonic() - start < args.seconds:
+            time.sleep(0.1)
+        actions.append({"at": round(time.monotonic() - start, 4), "command": ["stop-file"]})
+    if args.kills or args.action or args.stop_file:
+        time.sleep(args.lead)  # the service settles, under load, after the last disturbance
+
+
+def main(argv):
+    args = parse(argv)
     if wait_ready(deadline=60) is None:
         raise SystemExit("the service is not ready before the load")
     load = Load(args.path, args.rate, args.seconds)
@@ -205,36 +245,7 @@ def main(argv):
     sender.start()
     kills, actions = [], []
     try:
-        time.sleep(args.lead)
-        for _ in range(args.kills):
-            if wait_ready(deadline=60) is None:
-                break
-            time.sleep(args.settle)
-            master = main_pid()
-            at, wall = time.monotonic() - start, time.time()
-            os.kill(master, signal.SIGKILL)
-            seconds = wait_ready(not_master=master, deadline=60)
-            kills.append({"at": round(at, 4), "wall": wall, "master": master, "seconds": seconds})
-        for i in range(args.repeat if args.action else 0):
-            due = args.action_at + i * args.every
-            time.sleep(max(0.0, due - (time.monotonic() - start)))
-            at = time.monotonic() - start
-            result = subprocess.run(args.action, capture_output=True, text=True)
-            actions.append(
-                {
-                    "at": round(at, 4),
-                    "seconds": round(time.monotonic() - start - at, 4),
-                    "command": args.action,
-                    "returncode": result.returncode,
-                    "output": (result.stdout + result.stderr)[-500:],
-                }
-            )
-        if args.stop_file:
-            while not os.path.exists(args.stop_file) and time.monotonic() - start < args.seconds:
-                time.sleep(0.1)
-            actions.append({"at": round(time.monotonic() - start, 4), "command": ["stop-file"]})
-        if args.kills or args.action or args.stop_file:
-            time.sleep(args.lead)  # the service settles, under load, after the last disturbance
+        disturb(args, start, kills, actions)
     finally:
         load.stop.set()
         sender.join()

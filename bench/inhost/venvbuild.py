@@ -24,7 +24,7 @@ WORK = "/root/venvbuild"
 
 def timed(cmd, env, cwd=None):
     start = time.monotonic()
-    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     if result.returncode:
         raise SystemExit(f"{cmd} failed: {(result.stdout + result.stderr)[-2000:]}")
     return time.monotonic() - start

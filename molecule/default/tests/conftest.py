@@ -1,9 +1,12 @@
-"""Shared helpers of the testinfra suite: host layout, probes, ansible-playbook runs, figures.
+"""Shared helpers of the testinfra suites: host layout, in-host checks, ansible-playbook runs,
+figures.
 
-The suite runs in molecule's verify step (molecule exports MOLECULE_INVENTORY_FILE,
-ANSIBLE_CONFIG, MOLECULE_PROJECT_DIRECTORY, ... and passes --connection=ansible and
---ansible-inventory). Tests that run ansible-playbook use the same inventory, so they target
-exactly the converged hosts with the group variables in ../group_vars/.
+test_*.py only read the hosts: molecule's verify step runs them (molecule exports
+MOLECULE_INVENTORY_FILE, ANSIBLE_CONFIG, MOLECULE_PROJECT_DIRECTORY, ... and passes
+--connection=ansible and --ansible-inventory). side_effect_*.py change the hosts and check what
+follows: molecule's side_effect steps run them, one playbook each (../side_effects/), with the
+same options. Tests that run ansible-playbook use the same inventory, so they target exactly
+the converged hosts with the group variables in ../group_vars/.
 
 Measured figures (restart seconds, exposure scores, ...) are printed when measured and again in
 a table at the end of the run, so a CI log shows them.
@@ -11,7 +14,6 @@ a table at the end of the run, so a CI log shows them.
 
 from __future__ import annotations
 
-import base64
 import collections
 import concurrent.futures
 import importlib.util
@@ -19,9 +21,7 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,9 @@ import yaml
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1]
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", SCENARIO_DIR.parents[1]))
+sys.path.insert(0, str(PROJECT_DIR / "molecule" / "harness"))
+import harness  # noqa: E402 -- found through the line above
+
 GROUP_VARS = yaml.safe_load((SCENARIO_DIR / "group_vars" / "agented.yml").read_text())
 
 # The host layout the role produces with its defaults (README, "Host layout").
@@ -49,7 +52,6 @@ PORT = 20000
 URL = f"http://127.0.0.1:{PORT}"
 RESTART_PROMISE = 5.0  # seconds from a crash to serving again
 
-_PROBE = (Path(__file__).parent / "probe.py").read_bytes()
 _FIGURES: dict[str, dict[str, str]] = collections.defaultdict(dict)
 
 
@@ -109,17 +111,12 @@ def sh(host, command: str, *, check: bool = True) -> str:
     return result.stdout
 
 
-def probe(host, *args: str, user: str | None = None, env: dict | None = None) -> dict:
-    """Run probe.py on the host and return what it printed (one JSON object)."""
-    code = "import base64; exec(base64.b64decode(%r))" % base64.b64encode(_PROBE).decode()
+def in_host_checks(host, *args: str, user: str | None = None, env: dict | None = None) -> dict:
+    """Run one subcommand of in_host_checks.py on the host and return the JSON object it prints."""
     variables = {"AGENTED_URL": URL, "AGENTED_DB": DATABASE, **(env or {})}
-    command = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in variables.items())
-    command += " python3 -c " + shlex.quote(code) + " " + " ".join(shlex.quote(a) for a in args)
-    if user:
-        command = f"runuser -u {user} -- {command}"
-    result = host.run(command)
-    assert result.rc == 0, f"probe {args} failed: {result.stdout}{result.stderr}"
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    result = host.run(harness.in_host_checks_command(*args, env=variables, user=user))
+    assert result.rc == 0, f"in_host_checks {args} failed: {result.stdout}{result.stderr}"
+    return harness.last_json_line(result.stdout)
 
 
 def show(host, unit: str, *properties: str) -> dict[str, str]:
@@ -142,11 +139,11 @@ def seconds(span: str) -> float:
 
 
 def ready(host) -> bool:
-    return probe(host, "wait-ready", "0.5")["ready"]
+    return in_host_checks(host, "wait-until-ready", "0.5")["ready"]
 
 
 def wait_ready(host, timeout: float = 60.0) -> dict:
-    return probe(host, "wait-ready", str(timeout))
+    return in_host_checks(host, "wait-until-ready", str(timeout))
 
 
 def file_digest(host, path: str) -> str:
@@ -155,7 +152,7 @@ def file_digest(host, path: str) -> str:
 
 def read_env(host) -> dict[str, str]:
     """The host's .env as python-dotenv would parse it, using the release's own python-dotenv."""
-    code = "import json, dotenv; print(json.dumps(dotenv.dotenv_values(%r)))" % ENV_FILE
+    code = f"import json, dotenv; print(json.dumps(dotenv.dotenv_values({ENV_FILE!r})))"
     return json.loads(sh(host, f"{VENV}/bin/python -c {shlex.quote(code)}"))
 
 
@@ -172,59 +169,34 @@ def current_release(host) -> str:
 
 
 def stored(host, *deliveries: str) -> dict:
-    return probe(host, "stored", *deliveries, user=USER)
+    return in_host_checks(host, "find-deliveries", *deliveries, user=USER)
 
 
 def post_webhook(host, delivery: str, secret: str | None = None) -> dict:
-    return probe(host, "webhook", delivery, env={"WEBHOOK_SECRET": secret or webhook_secret()})
+    env = {"WEBHOOK_SECRET": secret or webhook_secret()}
+    return in_host_checks(host, "post-webhook", delivery, env=env)
 
 
 # --- ansible-playbook against the converged hosts ---------------------------------------------
 
 
-class PlaybookRun:
-    def __init__(self, command: list[str], completed: subprocess.CompletedProcess):
-        self.command = command
-        self.rc = completed.returncode
-        self.output = completed.stdout
-        self.recap = {
-            host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
-            for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", self.output, re.MULTILINE)
-        }
-
-    def changed(self, host: str) -> int:
-        return self.recap.get(host, {}).get("changed", 0)
-
-    def __str__(self) -> str:
-        tail = "\n".join(self.output.splitlines()[-60:])
-        return f"$ {shlex.join(self.command)}\n(rc={self.rc})\n{tail}"
-
-
-def ansible_playbook(playbook: str, *args: str, extra_vars: dict | None = None) -> PlaybookRun:
+def ansible_playbook(
+    playbook: str, *args: str, extra_vars: dict | None = None
+) -> harness.PlaybookRun:
     """Run a playbook of the repo (or this scenario) with molecule's inventory and config."""
     inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
     if not inventory:
-        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run the suite through `molecule verify`")
-    # Both hosts at once, as in converge (molecule.yml, ansible_args).
-    command = ["ansible-playbook", "-i", inventory, "--extra-vars", "agented_serial=100%"]
-    with tempfile.TemporaryDirectory() as scratch:
-        if extra_vars is not None:
-            # A file, not the command line: values stay out of `ps` and need no shell quoting.
-            path = Path(scratch) / "extra-vars.json"
-            path.write_text(json.dumps(extra_vars))
-            command += ["--extra-vars", f"@{path}"]
-        command += [*args, str(playbook)]
-        env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
-        completed = subprocess.run(
-            command,
-            env=env,
-            cwd=PROJECT_DIR,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=900,
-        )
-    return PlaybookRun(command, completed)
+        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run the suite through molecule")
+    # Both hosts at once, as in converge (the base config's ansible_playbook arguments).
+    return harness.ansible_playbook(
+        playbook,
+        "--extra-vars",
+        "agented_serial=100%",
+        *args,
+        inventory=inventory,
+        extra_vars=extra_vars,
+        timeout=900,
+    )
 
 
 CONVERGE = SCENARIO_DIR / "converge.yml"

@@ -1,10 +1,11 @@
 """A rolling deploy across three hosts keeps two of them answering; a failed health gate stops it.
 
 Runs in molecule's verify step after converge has deployed a first release to the three hosts.
-Each test starts tests/probe.py inside every host (systemd-run, asking its own 127.0.0.1 for
-readiness every 50 ms with a 0.5 s timeout), runs playbooks/site.yml as users do (serial 1, any
-error fatal), stops the probes and lines their answers up on the hosts' shared clock: at every
-moment, at least two of the three must have answered readiness with 200.
+Each test starts `in_host_checks.py sample-readiness` (molecule/harness/) inside every host
+(systemd-run, asking its own 127.0.0.1 for readiness every 50 ms with a 0.5 s timeout), runs
+playbooks/site.yml as users do (serial 1, any error fatal), stops the samplers and lines their
+answers up on the hosts' shared clock: at every moment, at least two of the three must have
+answered readiness with 200.
 
 What was measured goes to $AGENTED_ROLLING_RESULTS (bench/rolling.py charts it), or a temporary
 directory.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,20 +26,23 @@ import yaml
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1]
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", SCENARIO_DIR.parents[1]))
-HOSTS = [
-    p["name"] for p in yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())["platforms"]
-]
+sys.path.insert(0, str(PROJECT_DIR / "molecule" / "harness"))
+import harness  # noqa: E402 -- found through the line above
+
+# The scenario's hosts, from the configuration molecule merged (or the scenario's own file).
+MOLECULE_FILE = Path(os.environ.get("MOLECULE_FILE") or SCENARIO_DIR / "molecule.yml")
+HOSTS = [p["name"] for p in yaml.safe_load(MOLECULE_FILE.read_text())["platforms"]]
 RESULTS = Path(
     os.environ.get("AGENTED_ROLLING_RESULTS") or tempfile.mkdtemp(prefix="agented-rolling-")
 )
 CURRENT = "/opt/agented/backend/current"
 RELEASES = "/opt/agented/backend/releases"
-PROBE_UNIT = "agented-rolling-probe"
+SAMPLER_UNIT = "agented-readiness-sampler"
 MIN_ANSWERING = 2
 
 
 def docker_exec(host: str, *cmd: str, check: bool = True) -> str:
-    result = subprocess.run(["docker", "exec", host, *cmd], capture_output=True, text=True)
+    result = harness.SystemdHost(host).exec(*cmd, check=False)
     if check:
         assert result.returncode == 0, f"{host}: {cmd} failed: {result.stdout}{result.stderr}"
     return result.stdout
@@ -53,68 +57,44 @@ def releases_on(host: str) -> set[str]:
 
 
 def backend_copy(line: str) -> Path:
-    """backend/ (source and lock) in a scratch directory, with one line appended to app/__init__.py."""
-    target = Path(tempfile.mkdtemp(prefix="agented-rolling-")) / "backend"
-    shutil.copytree(
-        PROJECT_DIR / "backend",
-        target,
-        ignore=shutil.ignore_patterns(
-            ".venv",
-            "__pycache__",
-            ".pytest_cache",
-            ".hypothesis",
-            ".ruff_cache",
-            ".env",
-            "*.db*",
-            ".secret_key",
-            "*.log",
-            "tests",
-        ),
-    )
-    with open(target / "app" / "__init__.py", "a") as stream:
-        stream.write(line + "\n")
-    return target
+    """backend/ as a release ships it, in a scratch directory, with one line appended to
+    app/__init__.py."""
+    scratch = Path(tempfile.mkdtemp(prefix="agented-rolling-"))
+    return harness.copy_release(scratch / "backend", line)
 
 
-class Probes:
-    """tests/probe.py running in every host while the `with` block runs."""
+class ReadinessSamplers:
+    """`in_host_checks.py sample-readiness` running in every host while the `with` block runs."""
 
     def __init__(self, name: str):
         self.name = name
         self.samples: dict[str, list[tuple[float, float, bool]]] = {}
 
-    def __enter__(self) -> Probes:
+    def __enter__(self) -> ReadinessSamplers:
         for host in HOSTS:
-            subprocess.run(
-                [
-                    "docker",
-                    "cp",
-                    str(Path(__file__).with_name("probe.py")),
-                    f"{host}:/root/probe.py",
-                ],
-                check=True,
-            )
-            docker_exec(host, "rm", "-f", "/root/probe.log")
-            docker_exec(host, "systemctl", "reset-failed", PROBE_UNIT, check=False)
+            harness.SystemdHost(host).put(harness.IN_HOST_CHECKS, "/root/in_host_checks.py")
+            docker_exec(host, "rm", "-f", "/root/readiness.log")
+            docker_exec(host, "systemctl", "reset-failed", SAMPLER_UNIT, check=False)
             docker_exec(
                 host,
                 "systemd-run",
                 "--unit",
-                PROBE_UNIT,
+                SAMPLER_UNIT,
                 "--collect",
                 "--quiet",
                 "python3",
-                "/root/probe.py",
-                "/root/probe.log",
+                "/root/in_host_checks.py",
+                "sample-readiness",
+                "/root/readiness.log",
             )
-        time.sleep(2)  # every probe has answers from before the deploy
+        time.sleep(2)  # every sampler has answers from before the deploy
         return self
 
     def __exit__(self, *exc) -> None:
         time.sleep(2)  # and from after it
         for host in HOSTS:
-            docker_exec(host, "systemctl", "stop", PROBE_UNIT, check=False)
-            lines = docker_exec(host, "cat", "/root/probe.log").split("\n")
+            docker_exec(host, "systemctl", "stop", SAMPLER_UNIT, check=False)
+            lines = docker_exec(host, "cat", "/root/readiness.log").split("\n")
             self.samples[host] = [
                 (float(s), float(d), status == "200")
                 for s, d, status in (line.split() for line in lines if line)
@@ -131,7 +111,7 @@ def answering(samples: dict[str, list[tuple[float, float, bool]]]) -> dict:
         for sent, _done, ok in host_samples:
             changes.append((sent, host, ok))
     changes.sort()
-    state = {host: True for host in samples}
+    state = dict.fromkeys(samples, True)
     timeline, low = [], []
     for when, host, ok in changes:
         state[host] = ok
@@ -163,44 +143,24 @@ def answering(samples: dict[str, list[tuple[float, float, bool]]]) -> dict:
     }
 
 
-def deploy(src: Path) -> dict:
-    """playbooks/site.yml with molecule's inventory, as users run it (serial 1, any error fatal)."""
-    command = [
-        "ansible-playbook",
-        "-i",
-        os.environ["MOLECULE_INVENTORY_FILE"],
-        "--extra-vars",
-        json.dumps({"agented_backend_src": str(src)}),
-        "playbooks/site.yml",
-    ]
-    env = {
-        **os.environ,
-        "ANSIBLE_NOCOLOR": "1",
-    }  # molecule's ANSIBLE_CONFIG: pipelining (molecule.yml)
-    started = time.time()
-    completed = subprocess.run(
-        command,
-        cwd=PROJECT_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=1200,
+def deploy(src: Path) -> harness.PlaybookRun:
+    """playbooks/site.yml with molecule's inventory, as users run it (serial 1, any error fatal),
+    and molecule's ANSIBLE_CONFIG (pipelining: .config/molecule/config.yml)."""
+    return harness.ansible_playbook(
+        PROJECT_DIR / "playbooks" / "site.yml",
+        inventory=os.environ["MOLECULE_INVENTORY_FILE"],
+        extra_vars={"agented_backend_src": str(src)},
     )
-    return {
-        "rc": completed.returncode,
-        "output": completed.stdout,
-        "started": started,
-        "ended": time.time(),
-    }
 
 
-def save(name: str, run: dict, probes: Probes, timeline: dict, extra: dict) -> None:
+def save(
+    name: str, run: harness.PlaybookRun, samplers: ReadinessSamplers, timeline: dict, extra: dict
+) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.log").write_text(run["output"])
+    (RESULTS / f"{name}.log").write_text(run.output)
     record = {
-        "deploy": {k: run[k] for k in ("rc", "started", "ended")},
-        "samples": probes.samples,
+        "deploy": {"rc": run.rc, "started": run.started, "ended": run.ended},
+        "samples": samplers.samples,
         "answering": timeline,
         **extra,
     }
@@ -225,18 +185,18 @@ def first_release() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def rolled_out(first_release) -> dict:
     src = backend_copy("# rolling deploy: a changed release")
-    with Probes("rolling-deploy") as probes:
+    with ReadinessSamplers("rolling-deploy") as samplers:
         run = deploy(src)
-    timeline = answering(probes.samples)
+    timeline = answering(samplers.samples)
     releases = {host: release_of(host) for host in HOSTS}
-    save("rolling-deploy", run, probes, timeline, {"before": first_release, "after": releases})
+    save("rolling-deploy", run, samplers, timeline, {"before": first_release, "after": releases})
     shutil.rmtree(src.parent, ignore_errors=True)
     return {"run": run, "timeline": timeline, "releases": releases}
 
 
 def test_rolling_deploy_succeeds_on_every_host(first_release, rolled_out):
     run = rolled_out["run"]
-    assert run["rc"] == 0, run["output"][-4000:]
+    assert run.rc == 0, run.output[-4000:]
     new = set(rolled_out["releases"].values())
     assert len(new) == 1 and new != set(first_release.values()), rolled_out["releases"]
 
@@ -245,7 +205,8 @@ def test_at_least_two_hosts_answer_at_every_moment_of_the_rollout(rolled_out):
     timeline = rolled_out["timeline"]
     seconds = timeline["end"] - timeline["start"]
     print(
-        f"\n    rolling deploy: {seconds:.0f} s probed, fewest hosts answering {timeline['fewest_answering']}; "
+        f"\n    rolling deploy: {seconds:.0f} s probed, "
+        f"fewest hosts answering {timeline['fewest_answering']}; "
         + ", ".join(
             f"{h} unready {sum(b - a for a, b in w):.2f} s" for h, w in timeline["down"].items()
         )
@@ -259,21 +220,21 @@ def test_a_host_failing_its_health_gate_stops_the_rollout(rolled_out):
     src = backend_copy(
         "import agented_rolling_test_missing_module  # noqa: F401 -- a release that cannot start"
     )
-    with Probes("failed-health-gate") as probes:
+    with ReadinessSamplers("failed-health-gate") as samplers:
         run = deploy(src)
-    timeline = answering(probes.samples)
+    timeline = answering(samplers.samples)
     releases = {host: release_of(host) for host in HOSTS}
     added = {host: sorted(releases_on(host) - before[host]) for host in HOSTS}
     save(
         "failed-health-gate",
         run,
-        probes,
+        samplers,
         timeline,
         {"before": good, "after": releases, "added": added},
     )
     shutil.rmtree(src.parent, ignore_errors=True)
 
-    assert run["rc"] != 0, "the broken release was deployed without failing"
+    assert run.rc != 0, "the broken release was deployed without failing"
     assert releases == good, (
         f"a host does not run the release it ran before: {releases}, was {good}"
     )
@@ -281,7 +242,7 @@ def test_a_host_failing_its_health_gate_stops_the_rollout(rolled_out):
     assert len(tried) == 1, (
         f"the broken release reached {tried}: the rollout did not stop at the first host"
     )
-    assert "Rolled back to release" in run["output"], run["output"][-4000:]
+    assert "Rolled back to release" in run.output, run.output[-4000:]
     for host in HOSTS:
         assert docker_exec(host, "curl", "-fsS", "http://127.0.0.1:20000/health/readiness"), host
     print(

@@ -1,15 +1,29 @@
-"""Runs inside a test host (system python3, standard library only) for what must be timed there.
+"""Checks that run inside a test host (system python3, standard library only), where they must be
+timed or where they must run for a while.
 
 A round trip from the controller (docker exec) costs tens of milliseconds, too coarse for
-"back within 5 seconds", so the kill, the polling and the clock all live on the host.
-tests/conftest.py ships this file with each call and reads the one JSON line it prints.
+"back within 5 seconds", so the kill, the polling and the clock all live on the host. The
+harness (molecule/harness/harness.py) ships this file with each call; every subcommand but
+sample-readiness prints one JSON line, which the harness reads.
 
-    probe.py restart master|group|worker SIGNAL   kill, then time until a new master serves
-    probe.py webhook-then-kill DELIVERY_ID        2xx for a signed delivery, SIGKILL at once
-    probe.py webhook DELIVERY_ID                  post one signed delivery
-    probe.py stored DELIVERY_ID...                which ids the database holds (run as the
-                                                  service user: it must own any file it creates)
-    probe.py wait-ready SECONDS                   time until readiness answers 200
+    in_host_checks.py time-restart master|group|worker SIGNAL
+        kill, then time until a new master (or, for a worker, a new worker) serves
+    in_host_checks.py post-webhook-then-sigkill DELIVERY_ID
+        2xx for a signed delivery, SIGKILL of the master at once, time until a new one serves
+    in_host_checks.py post-webhook DELIVERY_ID
+        post one signed delivery
+    in_host_checks.py find-deliveries DELIVERY_ID...
+        which ids the database holds (run as the service user: it must own any file it creates)
+    in_host_checks.py wait-until-ready SECONDS
+        time until readiness answers 200
+    in_host_checks.py sample-readiness OUT [INTERVAL] [TIMEOUT] [MAX_SECONDS]
+        ask readiness every INTERVAL seconds (default 0.05), each on a new connection with a
+        TIMEOUT (default 0.5 s), and append one line per answer to OUT:
+            <sent, unix seconds> <answered or given up, unix seconds> <HTTP status or error name>
+        until SIGTERM (the rolling tests start and stop it with systemd-run / systemctl) and at
+        most MAX_SECONDS (default 1200), so a sampler that nobody stops still ends. The clock is
+        the host's wall clock, which Docker containers share, so the samples of several hosts
+        line up.
 
 Environment: AGENTED_URL (http://127.0.0.1:20000), AGENTED_DB (the SQLite file),
 WEBHOOK_SECRET (GITHUB_WEBHOOK_SECRET of the host).
@@ -17,6 +31,7 @@ WEBHOOK_SECRET (GITHUB_WEBHOOK_SECRET of the host).
 
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import signal
@@ -24,8 +39,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 URL = os.environ.get("AGENTED_URL", "http://127.0.0.1:20000")
 UNIT = "agented.service"
@@ -62,15 +76,23 @@ def parent(pid):
         return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
-def get(path, timeout=2.0):
-    """(status, body) or (None, error text)."""
+def request(method, path, timeout, body=None, headers=None):
+    """(status, body), or (None, the error's name and text). A new connection each time, and no
+    proxy: what a client on the host itself sees."""
+    url = urllib.parse.urlsplit(URL)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
     try:
-        with urllib.request.urlopen(URL + path, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
-    except (OSError, ValueError) as error:
-        return None, str(error)
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException) as error:
+        return None, f"{type(error).__name__}: {error}"
+    finally:
+        connection.close()
+
+
+def get(path, timeout=2.0):
+    return request("GET", path, timeout)
 
 
 def readiness():
@@ -106,7 +128,7 @@ def new_master_serves(old_master):
     return ok and is_child(pid, new_master)
 
 
-def restart(target, signame):
+def time_restart(target, signame):
     sig = getattr(signal, signame)
     before = unit("MainPID", "NRestarts")
     master = int(before["MainPID"])
@@ -161,30 +183,21 @@ def signed_post(delivery):
         }
     ).encode()
     secret = os.environ["WEBHOOK_SECRET"].encode()
-    request = urllib.request.Request(
-        URL + "/api/webhooks/github",
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "X-GitHub-Event": "push",
-            "X-GitHub-Delivery": delivery,
-            "X-Hub-Signature-256": "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest(),
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest(),
+    }
+    return request("POST", "/api/webhooks/github", 10, body, headers)
 
 
-def webhook(delivery):
+def post_webhook(delivery):
     status, body = signed_post(delivery)
     return {"status": status, "body": body[:500]}
 
 
-def webhook_then_kill(delivery):
+def post_webhook_then_sigkill(delivery):
     master = int(unit("MainPID")["MainPID"])
     status, body = signed_post(delivery)
     os.kill(master, signal.SIGKILL)  # right after the 2xx: nothing had time to happen since
@@ -199,7 +212,7 @@ def webhook_then_kill(delivery):
     return result
 
 
-def stored(deliveries):
+def find_deliveries(deliveries):
     """Which of the ids appear in any text cell of any table: independent of the schema."""
     path = os.environ.get("AGENTED_DB", "/var/lib/agented/agented.db")
     found = set()
@@ -209,16 +222,17 @@ def stored(deliveries):
             row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         ]
         for table in tables:
-            for row in db.execute(f'SELECT * FROM "{table}"'):
+            quoted = '"' + table.replace('"', '""') + '"'
+            # The names come from sqlite_master, not from a caller.
+            for row in db.execute(f"SELECT * FROM {quoted}"):  # noqa: S608
                 for cell in row:
-                    if isinstance(cell, bytes):
-                        cell = cell.decode(errors="replace")
-                    if isinstance(cell, str):
-                        found.update(d for d in deliveries if d in cell)
+                    text = cell.decode(errors="replace") if isinstance(cell, bytes) else cell
+                    if isinstance(text, str):
+                        found.update(d for d in deliveries if d in text)
     return {"stored": sorted(found), "missing": sorted(set(deliveries) - found)}
 
 
-def wait_ready(seconds):
+def wait_until_ready(seconds):
     start = time.monotonic()
     while time.monotonic() - start < seconds:
         if ready():
@@ -227,21 +241,37 @@ def wait_ready(seconds):
     return {"ready": False, "seconds": time.monotonic() - start, "last": get("/health/readiness")}
 
 
+def sample_readiness(out, interval="0.05", timeout="0.5", max_seconds="1200"):
+    interval, timeout, max_seconds = float(interval), float(timeout), float(max_seconds)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    end = time.monotonic() + max_seconds
+    with open(out, "a", buffering=1) as stream:
+        while not stopping and time.monotonic() < end:
+            sent = time.time()
+            status, body = get("/health/readiness", timeout)
+            answer = str(status) if status is not None else body.split(":", 1)[0]
+            stream.write(f"{sent:.3f} {time.time():.3f} {answer}\n")
+            time.sleep(max(0.0, sent + interval - time.time()))
+
+
+COMMANDS = {
+    "time-restart": time_restart,
+    "post-webhook": post_webhook,
+    "post-webhook-then-sigkill": post_webhook_then_sigkill,
+    "find-deliveries": lambda *deliveries: find_deliveries(deliveries),
+    "wait-until-ready": lambda seconds: wait_until_ready(float(seconds)),
+}
+
+
 def main(argv):
     command, args = argv[0], argv[1:]
-    if command == "restart":
-        result = restart(args[0], args[1])
-    elif command == "webhook":
-        result = webhook(args[0])
-    elif command == "webhook-then-kill":
-        result = webhook_then_kill(args[0])
-    elif command == "stored":
-        result = stored(args)
-    elif command == "wait-ready":
-        result = wait_ready(float(args[0]))
-    else:
-        raise SystemExit(f"unknown command {command!r}")
-    print(json.dumps(result))
+    if command == "sample-readiness":
+        sample_readiness(*args)  # writes its samples to a file, prints nothing
+        return
+    if command not in COMMANDS:
+        raise SystemExit(f"unknown command {command!r}; one of {sorted(COMMANDS)}")
+    print(json.dumps(COMMANDS[command](*args)))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The headline: whatever kills Gunicorn, systemd has it serving again within 5 seconds.
 
-Each kill is timed on the host itself (probe.py): from the signal to the moment a NEW master,
-reported active by systemd, answers /health/readiness with 200. The tests of one host run back
-to back (pytest groups them by host), as the crash-loop limits must allow.
+Each kill is timed on the host itself (molecule/harness/in_host_checks.py): from the signal to
+the moment a NEW master, reported active by systemd, answers /health/readiness with 200. The
+tests of one host run back to back (pytest groups them by host), as the crash-loop limits must
+allow.
 """
 
 import subprocess
@@ -16,9 +17,9 @@ from conftest import (
     SERVICE,
     SOCKET,
     figure,
+    in_host_checks,
     name_of,
     on_all,
-    probe,
     seconds,
     sh,
     show,
@@ -43,7 +44,7 @@ def serving(host):
 
 
 def restart(host, target, signame):
-    result = probe(host, "restart", target, signame)
+    result = in_host_checks(host, "time-restart", target, signame)
     assert "error" not in result, result
     shown = "not back" if result["seconds"] is None else f"{result['seconds']:.2f} s"
     figure(
@@ -56,7 +57,7 @@ def restart(host, target, signame):
 
 
 @pytest.mark.parametrize(
-    "target, signame",
+    ("target", "signame"),
     [
         ("master", "SIGKILL"),
         ("master", "SIGTERM"),  # a plain `kill <pid>` from outside systemd: Gunicorn exits 0
@@ -85,7 +86,8 @@ def test_killed_worker_is_replaced_by_the_same_master(host):
 
 def test_acknowledged_webhook_survives_a_sigkill(host):
     delivery = f"molecule-kill-{name_of(host)}-{time.time_ns()}"
-    r = probe(host, "webhook-then-kill", delivery, env={"WEBHOOK_SECRET": webhook_secret()})
+    env = {"WEBHOOK_SECRET": webhook_secret()}
+    r = in_host_checks(host, "post-webhook-then-sigkill", delivery, env=env)
     assert 200 <= r["status"] < 300, f"the delivery was not acknowledged: {r}"
     assert r.get("seconds") is not None, f"not serving again after the kill: {r}"
     figure(TABLE, "SIGKILL right after a 2xx webhook", name_of(host), f"{r['seconds']:.2f} s")

@@ -171,7 +171,7 @@ def test_gunicorn_master_and_gevent_workers_run_as_the_service_user(host):
     ps = sh(host, f"ps -o user=,pid=,ppid=,args= --ppid {master} --pid {master}")
     rows = [line.split(None, 3) for line in ps.splitlines()]
     assert len(rows) >= 2, f"no workers under master {master}:\n{ps}"
-    for user, pid, ppid, args in rows:
+    for user, pid, _ppid, args in rows:
         assert user == USER, f"{pid} runs as {user}: {args}"
         assert "gunicorn" in args, args
     workers = [int(pid) for _, pid, ppid, _ in rows if int(ppid) == master]

@@ -10,17 +10,16 @@ Sequence, on every host at once (one ansible-playbook run each):
 Then deliveries 1-3, .env and the generated key must all still be there.
 """
 
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import harness
 import pytest
 
 from conftest import (
     CONVERGE,
     ENV_FILE,
-    PROJECT_DIR,
     RELEASES_DIR,
     ROLLBACK,
     SERVICE,
@@ -40,29 +39,6 @@ from conftest import (
 
 BROKEN_MODULE = "agented_molecule_deliberately_missing_module"
 HEALTH_TIMEOUT = 10  # seconds the role waits for the broken release before rolling back
-
-
-def copy_backend(into: Path) -> Path:
-    """A copy of backend/ as a user would deploy it (no local venv, caches, database or .env)."""
-    target = into / "backend"
-    shutil.copytree(
-        PROJECT_DIR / "backend",
-        target,
-        ignore=shutil.ignore_patterns(
-            ".venv",
-            "__pycache__",
-            ".pytest_cache",
-            ".ruff_cache",
-            ".hypothesis",
-            ".env",
-            ".secret_key",
-            "*.db",
-            "*.db-wal",
-            "*.db-shm",
-            "*.log",
-        ),
-    )
-    return target
 
 
 def snapshot(host) -> dict:
@@ -85,9 +61,10 @@ def story(all_hosts):
         "deliveries": [write(all_hosts, "release-a")],
     }
     with tempfile.TemporaryDirectory() as scratch:
-        good = copy_backend(Path(scratch) / "good")
-        with open(good / "app" / "__init__.py", "a") as f:
-            f.write("\n# A harmless change: a new release of the same code.\n")
+        # Copies of backend/ as a release ships it (no local venv, caches, database or .env).
+        good = harness.copy_release(
+            Path(scratch) / "good", "# A harmless change: a new release of the same code."
+        )
         started = time.monotonic()
         s["deploy B"] = ansible_playbook(
             CONVERGE,
@@ -98,9 +75,9 @@ def story(all_hosts):
         s["releases after B"] = on_all(all_hosts, lambda h: sh(h, f"ls {RELEASES_DIR}").split())
         s["deliveries"].append(write(all_hosts, "release-b"))
 
-        broken = copy_backend(Path(scratch) / "broken")
-        with open(broken / "app" / "__init__.py", "a") as f:
-            f.write(f"\nimport {BROKEN_MODULE}  # noqa: deliberately broken release\n")
+        broken = harness.copy_release(
+            Path(scratch) / "broken", f"import {BROKEN_MODULE}  # noqa: deliberately broken release"
+        )
         started = time.monotonic()
         s["deploy C"] = ansible_playbook(
             CONVERGE,

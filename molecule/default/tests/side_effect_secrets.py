@@ -53,7 +53,8 @@ def loaded_digests(host) -> dict[str, str]:
         "spec = importlib.util.spec_from_file_location('s', 'app/settings.py')\n"
         "s = importlib.util.module_from_spec(spec); spec.loader.exec_module(s)\n"
         f"values = s.load(environ={{}}, env_file={ENV_FILE!r})\n"
-        f"print(json.dumps({{k: hashlib.sha256(str(values[k]).encode()).hexdigest() for k in {sorted(SECRETS)!r} if values[k]}}))\n"
+        "print(json.dumps({k: hashlib.sha256(str(values[k]).encode()).hexdigest()\n"
+        f"                 for k in {sorted(SECRETS)!r} if values[k]}}))\n"
     )
     out = sh(host, f"cd {VENV}/.. && runuser -u {USER} -- {VENV}/bin/python -c {shlex.quote(code)}")
     return json.loads(out)
