@@ -36,13 +36,13 @@ GOAL = 0.6
 # Steps in the order they happen, each measured from the previous mark (first: from the start).
 STEPS = [
     ("config_loaded", "master: Python, Gunicorn, gunicorn.conf.py"),
+    ("migrations_start", "master: Gunicorn setup before on_starting"),
+    ("migrations_done", "master: migrations (db.migrate in on_starting)"),
     ("master_listening", "master: listen, READY"),
     ("worker_forked", "fork the first worker"),
     ("gevent_patched", "worker: gevent monkey-patching"),
-    ("app_imported", "worker: import app (Flask, ...)"),
-    ("migrations_start", "worker: create_app() before migrations"),
-    ("migrations_done", "worker: migrations (db.migrate)"),
-    ("app_created", "worker: rest of create_app()"),
+    ("app_imported", "worker: import app.factory (Flask, ...)"),
+    ("app_created", "worker: create_app()"),
     ("worker_serving", "worker: enter the serving loop"),
     ("ready", "first readiness 200"),
 ]
@@ -122,7 +122,7 @@ MASTER_CODE = (
     "import runpy, gunicorn.app.wsgiapp, gunicorn.workers.ggevent; "
     "runpy.run_path('gunicorn.conf.py')"
 )
-WORKER_CODE = "from gevent import monkey; monkey.patch_all(); import app"
+WORKER_CODE = "from gevent import monkey; monkey.patch_all(); import app.factory"
 MARKER = "--- fork ---"
 # How the import tables name a module with what imported it: "a > b", b imported by a.
 IMPORTED_BY = " \N{SINGLE RIGHT-POINTING ANGLE QUOTATION MARK} "
@@ -131,8 +131,9 @@ IMPORTED_BY = " \N{SINGLE RIGHT-POINTING ANGLE QUOTATION MARK} "
 def importtime(src: Path, runs: int = 5) -> tuple[list, list]:
     """The costliest imports (python -X importtime, median cumulative ms over a few runs) of the
     master (Gunicorn, gunicorn.conf.py) and then of a worker, which inherits what the master
-    imported (gevent's monkey-patching, `import app`); down to the third level, each named with
-    what imported it ("a \N{SINGLE RIGHT-POINTING ANGLE QUOTATION MARK} b": b imported by a)."""
+    imported (gevent's monkey-patching, `import app.factory`); down to the third level, each
+    named with what imported it ("a \N{SINGLE RIGHT-POINTING ANGLE QUOTATION MARK} b": b imported
+    by a)."""
     python = common.BACKEND / ".venv" / "bin" / "python"
     code = f"{MASTER_CODE}; import sys; print({MARKER!r}, file=sys.stderr); {WORKER_CODE}"
     samples = {"master": collections.defaultdict(list), "worker": collections.defaultdict(list)}
@@ -276,7 +277,7 @@ def main() -> None:
     )
     text += (
         "\nand in a worker, after what it inherits from the master (gevent's monkey-patching, "
-        "then `import app`):\n\n"
+        "then `import app.factory`):\n\n"
     )
     text += common.table(
         ["import", "ms"], [[name, common.fmt(ms, "", 1)] for name, ms in worker_imports[:8]]

@@ -2,9 +2,9 @@
 
 Runs the real configuration file (BENCH_GUNICORN_CONF) and adds hooks that append
 "<mark> <CLOCK_MONOTONIC seconds> <pid>" lines to BENCH_MARKS, one per step of a cold start:
-configuration loaded, master listening, worker forked, gevent patched, app imported, database
-migrated, app created, worker serving. The app is loaded through this module's create_app(),
-which times `import app`, the migrations and create_app() in the worker.
+configuration loaded, database migrated (by the master, before any worker), master listening,
+worker forked, gevent patched, app imported, app created, worker serving. The app is loaded
+through this module's create_app(), which times the import and create_app() in the worker.
 """
 
 import os
@@ -23,6 +23,12 @@ if __name__ != "coldstart_hooks":  # loaded by Gunicorn as its configuration fil
     _conf = runpy.run_path(os.environ["BENCH_GUNICORN_CONF"])
     globals().update({k: v for k, v in _conf.items() if not k.startswith("__")})
     mark("config_loaded")
+
+    def on_starting(server):
+        mark("migrations_start")
+        _conf["on_starting"](server)
+        mark("migrations_done")
+
     pythonpath = os.path.dirname(os.path.abspath(__file__))
     wsgi_app = "coldstart_hooks:create_app()"
 
@@ -40,21 +46,11 @@ if __name__ != "coldstart_hooks":  # loaded by Gunicorn as its configuration fil
 
 def create_app():
     """Called in the worker after gevent's monkey-patching, where Gunicorn would load
-    app:create_app()."""
+    app.factory:create_app()."""
     mark("gevent_patched")
-    import app  # noqa: PLC0415
+    import app.factory  # noqa: PLC0415
 
     mark("app_imported")
-    migrate = app.db.migrate
-
-    def timed_migrate(path):
-        mark("migrations_start")
-        try:
-            return migrate(path)
-        finally:
-            mark("migrations_done")
-
-    app.db.migrate = timed_migrate
-    application = app.create_app()
+    application = app.factory.create_app()
     mark("app_created")
     return application

@@ -1,4 +1,4 @@
-"""deploy/ holds the role's templates rendered with the default variables, never a hand-edited copy."""
+"""deploy/ holds the role's templates rendered with its defaults, never a hand-edited copy."""
 
 import plistlib
 import shutil

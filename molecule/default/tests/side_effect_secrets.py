@@ -49,10 +49,9 @@ def loaded_digests(host) -> dict[str, str]:
     """sha256 of each secret as the service's own settings loader reads .env, run as the service
     user (digests, so the values stay out of the test log too)."""
     code = (
-        "import hashlib, importlib.util, json\n"
-        "spec = importlib.util.spec_from_file_location('s', 'app/settings.py')\n"
-        "s = importlib.util.module_from_spec(spec); spec.loader.exec_module(s)\n"
-        f"values = s.load(environ={{}}, env_file={ENV_FILE!r})\n"
+        "import hashlib, json\n"
+        "from app import settings\n"
+        f"values = settings.load(environ={{}}, env_file={ENV_FILE!r})\n"
         "print(json.dumps({k: hashlib.sha256(str(values[k]).encode()).hexdigest()\n"
         f"                 for k in {sorted(SECRETS)!r} if values[k]}}))\n"
     )
