@@ -62,18 +62,9 @@ def ready(timeout: float = 1.0) -> bool:
 def start_once(src: Path, state: Path, marks: Path) -> dict:
     """One start; returns the seconds from Popen to each mark of the first worker to serve."""
     marks.unlink(missing_ok=True)
-    env = {
-        "PATH": os.environ["PATH"],
-        "LANG": "C.UTF-8",
-        "GUNICORN_BIND": f"127.0.0.1:{PORT}",
-        "GUNICORN_CONTROL_SOCKET": "off",
-        "AGENTED_DB_PATH": str(state / "agented.db"),
-        "LOG_LEVEL": "warning",
-        "CORS_ALLOWED_ORIGINS": "http://127.0.0.1",
-        "GITHUB_WEBHOOK_SECRET": common.WEBHOOK_SECRET,
-        "BENCH_MARKS": str(marks),
-        "BENCH_GUNICORN_CONF": str(src / "gunicorn.conf.py"),
-    }
+    env = common.local_env(
+        PORT, state, BENCH_MARKS=str(marks), BENCH_GUNICORN_CONF=str(src / "gunicorn.conf.py")
+    )
     gunicorn = common.BACKEND / ".venv" / "bin" / "gunicorn"
     start = time.monotonic()
     process = subprocess.Popen(

@@ -3,8 +3,9 @@
 Two converges at -vvv with --diff (after molecule's converge and idempotence runs): one that
 changes every secret, so the .env task has something to show, and one that restores the group
 variables. No secret value may appear in their output: neither the test secrets (found by the
-unique first word of each) nor the SECRET_KEY the role generated on the hosts, which must
-survive both.
+unique first word of each) nor the SECRET_KEY the backend generated on the hosts, which must
+survive both. Then a host as earlier versions of the role left it, with a generated SECRET_KEY
+in .env: a converge keeps that key, now in the backend's own key file.
 """
 
 import hashlib
@@ -16,8 +17,13 @@ import pytest
 from conftest import (
     CONVERGE,
     ENV_FILE,
+    GROUP,
     GROUP_VARS,
+    SECRET_KEY_FILE,
     SECRETS,
+    SERVICE,
+    SETTINGS,
+    SOCKET,
     USER,
     VENV,
     ansible_playbook,
@@ -26,7 +32,9 @@ from conftest import (
     name_of,
     on_all,
     post_webhook,
+    read_env,
     sh,
+    wait_ready,
     webhook_secret,
 )
 
@@ -119,3 +127,38 @@ def test_secrets_reach_the_service_exactly(host, runs):
     restored = runs["seen_restored"][name]
     assert restored.get("GITHUB_WEBHOOK_SECRET") == digest(webhook_secret())
     assert 200 <= runs["webhook_restored"][name]["status"] < 300, runs["webhook_restored"][name]
+
+
+def legacy_key(name: str) -> str:
+    return f"molecule-legacy-key-5b3e9d-{name} with 'quotes' #hash"
+
+
+def with_legacy_key(host) -> str:
+    """The host as earlier versions of the role left it: their generated SECRET_KEY in .env, no
+    key file of the backend's. Returns the key the service then runs with."""
+    line = f"SECRET_KEY={SETTINGS.dotenv_quote(legacy_key(name_of(host)))}\n"
+    code = (
+        f"import pathlib; p = pathlib.Path({ENV_FILE!r}); t = p.read_text(); "
+        f"assert '# SECRET_KEY=\\n' in t; p.write_text(t.replace('# SECRET_KEY=\\n', {line!r}, 1))"
+    )
+    sh(host, f"systemctl stop {SOCKET} {SERVICE} && rm -f {SECRET_KEY_FILE}")
+    sh(host, f"python3 -c {shlex.quote(code)}")
+    sh(host, f"systemctl start {SOCKET} {SERVICE}")
+    assert wait_ready(host)["ready"], "not ready with the legacy .env"
+    return effective_secret_key(host)
+
+
+def test_a_secret_key_an_earlier_deploy_wrote_into_env_is_kept(all_hosts):
+    running = on_all(all_hosts, with_legacy_key)
+    assert running == {name: legacy_key(name) for name in all_hosts}, "the legacy key is not in use"
+    run = ansible_playbook(CONVERGE, "-vvv", "--diff")
+    assert run.rc == 0, str(run)
+    leaked = [name for name in all_hosts if legacy_key(name).split()[0] in run.output]
+    assert not leaked, f"the legacy SECRET_KEY shows in the output at -vvv --diff: {leaked}"
+    for name, host in all_hosts.items():
+        key_file = host.file(SECRET_KEY_FILE)
+        assert (key_file.user, key_file.group, key_file.mode) == (USER, GROUP, 0o600), name
+        assert sh(host, f"cat {SECRET_KEY_FILE}") == legacy_key(name) + "\n", name
+        assert not read_env(host).get("SECRET_KEY"), f"{name}: .env still sets SECRET_KEY"
+        assert effective_secret_key(host) == legacy_key(name), name
+        assert wait_ready(host)["ready"], name
