@@ -223,29 +223,30 @@ def parse_bind(value: str) -> Bind:
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 
 
-def _valid_url(value: str) -> bool:
+def _http_url(value: str) -> urllib.parse.SplitResult | None:
+    """``value`` split as an http:// or https:// URL with a host and a valid port, else None."""
     try:
         parts = urllib.parse.urlsplit(value)
         parts.port  # noqa: B018 -- raises ValueError on a bad port
     except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in value
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+        return None
+    return parts
+
+
+def _valid_url(value: str) -> bool:
+    return _http_url(value) is not None
 
 
 def _valid_origin(origin: str) -> bool:
-    try:
-        parts = urllib.parse.urlsplit(origin)
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-    except ValueError:
-        return False
+    parts = _http_url(origin)
     return (
-        parts.scheme in ("http", "https")
-        and bool(parts.hostname)
+        parts is not None
         and not parts.path
         and not parts.query
         and not parts.fragment
         and "@" not in parts.netloc
-        and " " not in origin
     )
 
 
