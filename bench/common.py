@@ -223,9 +223,15 @@ class Host(harness.SystemdHost):
         if not self.keep:
             self.remove()
 
+    def put_inhost(self, script: str) -> None:
+        """Copy bench/inhost/<script> into /root, beside the molecule suites' in-host checks,
+        which it may import."""
+        self.put(harness.IN_HOST_CHECKS, "/root/in_host_checks.py")
+        self.put(BENCH / "inhost" / script, f"/root/{script}")
+
     def inhost(self, script: str, *args: str, timeout=None) -> dict:
         """Run bench/inhost/<script> with the host's python3 and return the JSON it prints."""
-        self.put(BENCH / "inhost" / script, f"/root/{script}")
+        self.put_inhost(script)
         out = self.exec("python3", f"/root/{script}", *args, timeout=timeout).stdout
         return harness.last_json_line(out)
 

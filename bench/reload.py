@@ -61,7 +61,7 @@ def redeploy_under_load(host: common.Host, mode: str, rate: float, inventory, ex
         f"redeploy of a changed release under {rate:g} requests/s (socket activation {mode})"
     )
     directory = common.results_dir(NAME)
-    host.put(common.BENCH / "inhost" / "load.py", "/root/load.py")
+    host.put_inhost("load.py")
     host.exec("rm", "-f", "/root/stop", "/root/load.json")
     host.exec(
         "python3",

@@ -25,8 +25,10 @@ import sys
 import threading
 import time
 
+# Shipped beside this script (bench/common.py): the in-host checks of the molecule suites.
+from in_host_checks import UNIT, parent, unit
+
 HOST, PORT = "127.0.0.1", 20000
-UNIT = "agented.service"
 REQUEST_TIMEOUT = 30.0
 POLL = 0.02
 
@@ -42,24 +44,6 @@ def get(path, timeout=REQUEST_TIMEOUT):
         return type(error).__name__, str(error)
     finally:
         connection.close()
-
-
-def unit(*properties):
-    out = subprocess.run(
-        ["systemctl", "show", UNIT, "--property=" + ",".join(properties)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def parent(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def ready_under(master):

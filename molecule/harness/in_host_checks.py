@@ -72,8 +72,12 @@ def children(pid):
 
 
 def parent(pid):
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[1])
+    """The parent of pid, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def request(method, path, timeout, body=None, headers=None):
@@ -110,10 +114,7 @@ def ready():
 
 
 def is_child(pid, master):
-    try:
-        return pid is not None and parent(pid) == master
-    except OSError:
-        return False
+    return pid is not None and parent(pid) == master
 
 
 def new_master_serves(old_master):
