@@ -1,8 +1,11 @@
 """The role describes itself once, in meta/argument_specs.yml: the READMEs are generated from it and
 defaults/main.yml holds exactly the values it documents."""
 
+import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
@@ -15,7 +18,13 @@ PLATFORMS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["__agented_
 
 
 def test_readmes_are_generated_from_the_argument_specs():
-    subprocess.run([str(ROOT / "tools" / "docs" / "generate"), "--check"], check=True)
+    # aar-doc beside this interpreter (.venv), whether or not .venv/bin is on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    subprocess.run(
+        [str(ROOT / "tools" / "docs" / "generate"), "--check"],
+        check=True,
+        env={**os.environ, "PATH": path},
+    )
 
 
 def test_every_default_is_specified_and_every_specified_variable_has_a_default():

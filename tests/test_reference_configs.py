@@ -77,3 +77,11 @@ def test_reference_plist_parses_and_keeps_gunicorn_supervised():
     assert plist["ExitTimeOut"] > 10
     assert plist["EnvironmentVariables"] == {"OBJC_DISABLE_INITIALIZE_FORK_SAFETY": "YES"}
     assert plist["StandardErrorPath"].startswith("/usr/local/var/log/agented/")
+    # Files the service creates are private to it, as under systemd's UMask=0077.
+    assert plist["Umask"] == 0o077
+
+
+def test_unit_and_plist_stop_timeouts_agree():
+    unit = (ROOT / "deploy" / "agented.service").read_text()
+    plist = plistlib.loads((ROOT / "deploy" / "com.agented.backend.plist").read_bytes())
+    assert f"TimeoutStopSec={plist['ExitTimeOut']}\n" in unit

@@ -3,11 +3,13 @@
 import re
 
 import pytest
+import yaml
 from agented_backend import (
     agented_backend_dotenv_quote,
     agented_backend_dotenv_read,
     agented_backend_env_errors,
     agented_backend_env_values,
+    agented_backend_input_errors,
     agented_backend_listen,
     agented_backend_settings,
 )
@@ -15,7 +17,7 @@ from agented_backend_release import copy, release
 from ansible.errors import AnsibleFilterError, AnsibleLookupError
 from dotenv import dotenv_values
 
-from conftest import BACKEND
+from conftest import BACKEND, ROLE
 
 SRC = str(BACKEND)
 
@@ -174,3 +176,64 @@ def test_copy_ships_exactly_the_release_files(tmp_path):
     shipped = sorted(str(path.relative_to(copied)) for path in copied.rglob("*") if path.is_file())
     assert shipped == sorted(release(str(backend))["files"])
     assert release(str(copied))["id"] == release(str(backend))["id"]
+
+
+OPTIONS = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"][
+    "main"
+]["options"]
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+
+
+def test_the_defaults_fit_the_specs():
+    plain = {name: value for name, value in DEFAULTS.items() if "{{" not in str(value)}
+    assert agented_backend_input_errors(OPTIONS, plain) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("agented_backend_restart_sec", True, "the YAML boolean true: use a whole number"),
+        ("agented_backend_restart_sec", "three", "use a whole number"),
+        ("agented_backend_uv_version", 1.1, "the YAML number 1.1, not text: quote it"),
+        ("agented_backend_user", 511, "quote it"),
+        ("agented_backend_user", "agented\nExecStartPre=/bin/true", "user or group name"),
+        ("agented_backend_group", "Agented Group", "user or group name"),
+        ("agented_backend_state_dir", "var/lib/agented", "use an absolute path"),
+        ("agented_backend_state_dir", "/var/lib/a\nExecStartPre=/bin/true", "absolute path"),
+        ("agented_backend_install_dir", "/opt/a b", "absolute path"),
+        ("agented_backend_config_dir", "/etc/%n", "absolute path"),
+        ("agented_backend_socket_activation", "false", "use true or false"),
+        ("agented_backend_service_state", "running", "use one of started, stopped"),
+        ("agented_backend_env", ["LOG_LEVEL=info"], "use a mapping"),
+    ],
+)
+def test_role_variables_of_the_wrong_type_or_form_are_refused(name, value, expected):
+    (error,) = agented_backend_input_errors(OPTIONS, {name: value})
+    assert error.startswith(name) and expected in error, error
+
+
+def test_command_line_numbers_are_whole_numbers():
+    assert agented_backend_input_errors(OPTIONS, {"agented_backend_restart_sec": "2"}) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"GUNICORN_CONTROL_SOCKET": False}, "the YAML boolean false is not text: quote it"),
+        ({"LOG_LEVEL": 1}, "quote it"),
+        ({"GITHUB_WEBHOOK_SECRET": 1.1}, "the YAML number 1.1 is not text: quote it"),
+        ({"SSE_REPLAY_LIMIT": True}, "quote it"),
+        ({"AGENTED_DB_PATH": "data/agented.db"}, "use an absolute path"),
+        ({"GUNICORN_GRACEFUL_TIMEOUT": 30}, "use at most 29"),
+        ({"GUNICORN_BIND": "localhost:8080"}, "use an IP address"),
+    ],
+)
+def test_env_values_the_role_cannot_render_faithfully_are_refused(env, expected):
+    (error,) = agented_backend_env_errors(env, SRC, 30, True)
+    assert expected in error, error
+
+
+def test_numbers_and_flags_keep_their_yaml_types():
+    env = {"SSE_REPLAY_LIMIT": 10, "CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS": True}
+    assert agented_backend_env_errors(env, SRC) == []
+    assert agented_backend_env_errors({"GUNICORN_BIND": "localhost:8080"}, SRC, 30, False) == []

@@ -48,6 +48,44 @@ CASES = {
         {"agented_backend_env": env_with(GITHUB_WEBHOOK_SECRET=f"{LEAKED}\nEXTRA=1")},
         ["GITHUB_WEBHOOK_SECRET"],
     ),
+    # Each of these used to pass validation and change the host before failing, or be rendered
+    # as something else than what was written.
+    "boolean restart delay": (
+        {"agented_backend_restart_sec": True},
+        ["agented_backend_restart_sec", "use a whole number"],
+    ),
+    "unit line injected through the user name": (
+        {"agented_backend_user": "agented\nExecStartPre=/bin/true"},
+        ["agented_backend_user", "user or group name"],
+    ),
+    "unit line injected through a directory": (
+        {"agented_backend_state_dir": "/var/lib/agented\nExecStartPre=/bin/true"},
+        ["agented_backend_state_dir", "absolute path"],
+    ),
+    "host name with socket activation": (
+        {"agented_backend_env": env_with(GUNICORN_BIND="localhost:20000")},
+        ["GUNICORN_BIND", "use an IP address"],
+    ),
+    "relative database path": (
+        {"agented_backend_env": env_with(AGENTED_DB_PATH="data/agented.db")},
+        ["AGENTED_DB_PATH", "absolute path"],
+    ),
+    "graceful timeout beyond the stop timeout": (
+        {"agented_backend_env": env_with(GUNICORN_GRACEFUL_TIMEOUT=45)},
+        ["GUNICORN_GRACEFUL_TIMEOUT", "stop timeout"],
+    ),
+    "unquoted version number": (
+        {"agented_backend_uv_version": 1.10},
+        ["agented_backend_uv_version", "quote it"],
+    ),
+    "unquoted number as a secret": (
+        {"agented_backend_env": env_with(ANTHROPIC_API_KEY=1.10)},
+        ["ANTHROPIC_API_KEY", "quote it"],
+    ),
+    "unquoted off": (
+        {"agented_backend_env": env_with(GUNICORN_CONTROL_SOCKET=False)},
+        ["GUNICORN_CONTROL_SOCKET", "quote it"],
+    ),
 }
 
 

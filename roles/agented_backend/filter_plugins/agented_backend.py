@@ -7,7 +7,9 @@ imports within the package). Loading that package here means the role validates
 
 import difflib
 import importlib.util
+import ipaddress
 import os
+import re
 import sys
 
 from ansible.errors import AnsibleFilterError
@@ -41,15 +43,107 @@ def _settings(src):
     return _PACKAGES[root]
 
 
+def _yaml_type(value):
+    """How YAML read an unquoted value, for messages: a user who wrote 0777, 1.10, yes or off
+    without quotes got a number or a boolean, not the text they typed."""
+    if isinstance(value, bool):
+        return f"the YAML boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the YAML number {value!r}"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
 def _as_text(value):
-    """YAML gives booleans and numbers; the service sees strings. None means unset."""
+    """The string the service gets for a value that _env_type_error() accepted. None: unset."""
     if value is None:
         return None
     if isinstance(value, bool):
         return "1" if value else "0"
-    if isinstance(value, (int, float, str)):
+    if isinstance(value, (int, str)):
         return str(value)
     raise TypeError(type(value).__name__)
+
+
+def _env_type_error(setting, value):
+    """Why YAML's type for `value` is wrong for `setting`, or None. Numbers are accepted where
+    the setting is a whole number, booleans where it is a 0/1 flag; everywhere else a value
+    must be a string, since YAML silently turns 0777 into 511, 1.10 into 1.1 and off into false."""
+    if value is None or isinstance(value, str):
+        return None
+    if setting.kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return None
+    if setting.kind == "flag" and (isinstance(value, bool) or value in (0, 1)):
+        return None
+    return f"{_yaml_type(value)} is not text: quote it"
+
+
+# Role-level rules beyond the backend's own checks: a path relative to the backend directory
+# would point into one release and change with the next one.
+_ROLE_ABSOLUTE_KINDS = ("path",)
+
+# POSIX portable user and group names, as useradd accepts them by default.
+_ACCOUNT_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# Characters a unit file or a plist would read differently: whitespace splits unit settings,
+# % starts a systemd specifier, quotes and backslashes are escapes, < and & are XML.
+_UNSAFE_PATH_RE = re.compile(r"[\s%\\'\"<>&]|[\x00-\x1f\x7f]")
+
+
+def agented_backend_input_errors(options, values):
+    """One message per role variable whose value does not fit its argument spec (`options`,
+    the main entry point's) or the rules of what it names; an empty list when all fit.
+
+    Ansible's own argument check converts values to the declared type without a word (1.10 to
+    "1.1", true to 1), and the role would then render exactly that; this refuses them instead.
+    """
+    errors = []
+    for name, spec in options.items():
+        if name not in values:
+            continue
+        value = values[name]
+        kind = spec.get("type", "str")
+        if kind in ("str", "path") and not isinstance(value, str):
+            errors.append(f"{name} is {_yaml_type(value)}, not text: quote it")
+            continue
+        # -e name=2 on the command line gives the text "2": a whole number all the same.
+        if kind == "int" and not (
+            (isinstance(value, int) and not isinstance(value, bool))
+            or (isinstance(value, str) and re.fullmatch(r"[0-9]+", value))
+        ):
+            errors.append(f"{name} is {_yaml_type(value)}: use a whole number")
+            continue
+        # The text "false" would be true in a condition: refuse it rather than guess.
+        if kind == "bool" and not isinstance(value, bool):
+            errors.append(
+                f"{name} is {_yaml_type(value)}: use true or false (on the command line as JSON:"
+                f" -e '{{\"{name}\": false}}')"
+            )
+            continue
+        if kind == "dict" and not isinstance(value, dict):
+            errors.append(f"{name} is {_yaml_type(value)}: use a mapping")
+            continue
+        if "choices" in spec and value not in spec["choices"]:
+            allowed = ", ".join(str(choice) for choice in spec["choices"])
+            errors.append(f"{name} is {value!r}: use one of {allowed}")
+            continue
+        if name.endswith(("_user", "_group")) and not _ACCOUNT_RE.fullmatch(value):
+            errors.append(
+                f"{name} is {value!r}: use a user or group name of lower-case letters, digits,"
+                " _ and - (at most 32, not starting with a digit or -)"
+            )
+        elif name.endswith("_dir") and not (
+            os.path.isabs(value) and not _UNSAFE_PATH_RE.search(value)
+        ):
+            errors.append(
+                f"{name} is {value!r}: use an absolute path without spaces, control characters,"
+                " quotes, backslashes, %, <, > or &"
+            )
+    return errors
 
 
 def agented_backend_settings(src):
@@ -66,7 +160,7 @@ def agented_backend_settings(src):
     ]
 
 
-def agented_backend_env_errors(env, src):
+def agented_backend_env_errors(env, src, stop_timeout=30, socket_activation=True):
     """One message per problem in `env` (agented_backend_env); an empty list when it is valid.
 
     Messages never contain the value of a secret variable.
@@ -86,14 +180,10 @@ def agented_backend_env_errors(env, src):
                 f" (backend/.env.example lists them){hint}"
             )
             continue
-        shown = "(secret)" if setting.secret else repr(raw)
-        try:
-            value = _as_text(raw)
-        except TypeError as exc:
-            errors.append(
-                f"agented_backend_env.{name}: {shown} is a {exc}; use a string, number or boolean"
-            )
+        if (problem := _env_type_error(setting, raw)) is not None:
+            errors.append(f"agented_backend_env.{name}: {problem}")
             continue
+        value = _as_text(raw)
         if value is None:
             continue
         if "\n" in value or "\r" in value:
@@ -102,11 +192,33 @@ def agented_backend_env_errors(env, src):
             )
             continue
         problem = settings.check(setting, value)
+        if not problem and setting.kind in _ROLE_ABSOLUTE_KINDS and not os.path.isabs(value):
+            problem = (
+                f"{value!r} is relative: use an absolute path (a relative one is inside a release)"
+            )
         if problem:
             if setting.secret:
                 problem = problem.replace(repr(value), "(secret)").replace(value, "(secret)")
             errors.append(f"agented_backend_env.{name}: {problem}")
+    if not errors:
+        values = agented_backend_env_values(env, src)
+        errors += _timeout_errors(values, stop_timeout)
+        try:
+            agented_backend_listen(values["GUNICORN_BIND"], src, socket_activation)
+        except AnsibleFilterError as error:
+            errors.append(str(error))
     return errors
+
+
+def _timeout_errors(values, stop_timeout):
+    """A graceful timeout the service manager would cut short with a SIGKILL."""
+    graceful = int(values["GUNICORN_GRACEFUL_TIMEOUT"] or 0)
+    if graceful >= stop_timeout:
+        return [
+            f"agented_backend_env.GUNICORN_GRACEFUL_TIMEOUT: {graceful} is not below the service"
+            f" manager's stop timeout ({stop_timeout} s): use at most {stop_timeout - 1}"
+        ]
+    return []
 
 
 def agented_backend_env_values(env, src, defaults=None):
@@ -141,9 +253,10 @@ def agented_backend_dotenv_read(text, name, src):
     return None
 
 
-def agented_backend_listen(bind, src):
+def agented_backend_listen(bind, src, socket_activation=True):
     """Where systemd's socket listens (`listen`) and the URL the readiness check asks (`url`), from
-    GUNICORN_BIND, parsed by the backend's own parser."""
+    GUNICORN_BIND, parsed by the backend's own parser. systemd's ListenStream= takes an IP
+    address, not a host name, so with socket activation the host must be one."""
     settings = _settings(src)
     try:
         parsed = settings.parse_bind(bind or "")
@@ -154,6 +267,16 @@ def agented_backend_listen(bind, src):
             f"agented_backend_env.GUNICORN_BIND: {bind!r} is not supported by the role:"
             " use HOST:PORT or [IPv6]:PORT"
         )
+    if socket_activation:
+        try:
+            ipaddress.ip_address(parsed.host)
+        except ValueError:
+            raise AnsibleFilterError(
+                f"agented_backend_env.GUNICORN_BIND: {bind!r} names a host, which systemd's"
+                " socket activation cannot listen on: use an IP address such as"
+                f" 127.0.0.1:{parsed.port} or 0.0.0.0:{parsed.port}, or set"
+                " agented_backend_socket_activation: false"
+            ) from None
     return {"listen": parsed.address, "url": parsed.local_url, "port": parsed.port}
 
 
@@ -162,6 +285,7 @@ class FilterModule:
         return {
             "agented_backend_settings": agented_backend_settings,
             "agented_backend_env_errors": agented_backend_env_errors,
+            "agented_backend_input_errors": agented_backend_input_errors,
             "agented_backend_env_values": agented_backend_env_values,
             "agented_backend_dotenv_quote": agented_backend_dotenv_quote,
             "agented_backend_dotenv_read": agented_backend_dotenv_read,
