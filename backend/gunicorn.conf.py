@@ -123,6 +123,35 @@ def on_reload(server):
     _migrate(server)
 
 
+def when_ready(server):
+    """Runs in the master once it listens, before it forks the first worker."""
+    _feed_the_watchdog_from_the_main_loop(server)
+
+
+def _feed_the_watchdog_from_the_main_loop(server):
+    """Under systemd's WatchdogSec= (WATCHDOG_USEC is set), tell systemd the master is alive on
+    every turn of its main loop, which wakes at least once a second and calls murder_workers()
+    each time. A master that stops turning (hung, stopped) stops feeding the watchdog, and
+    systemd kills and restarts the service; a thread would go on feeding it regardless."""
+    if not os.environ.get("WATCHDOG_USEC"):
+        return
+    if os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return
+    from gunicorn import systemd  # noqa: PLC0415 -- only under a watchdog
+
+    murder_workers = server.murder_workers
+
+    def murder_workers_and_feed_the_watchdog():
+        systemd.sd_notify("WATCHDOG=1", server.log)
+        murder_workers()
+
+    server.murder_workers = murder_workers_and_feed_the_watchdog
+    server.log.info(
+        "feeding systemd's watchdog (%g s) from the main loop",
+        int(os.environ["WATCHDOG_USEC"]) / 1e6,
+    )
+
+
 def _migrate(server):
     """Bring the database to this release's schema, once, before any worker serves: workers
     never migrate and readiness only reads. A failure stops Gunicorn with one line (SystemExit,

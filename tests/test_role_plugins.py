@@ -204,6 +204,8 @@ def test_the_defaults_fit_the_specs():
         ("agented_backend_config_dir", "/etc/%n", "absolute path"),
         ("agented_backend_socket_activation", "false", "use true or false"),
         ("agented_backend_service_state", "running", "use one of started, stopped"),
+        ("agented_backend_memory_max", "1 GB", "such as 1G"),
+        ("agented_backend_memory_max", "150%", "such as 1G"),
         ("agented_backend_env", ["LOG_LEVEL=info"], "use a mapping"),
     ],
 )
@@ -214,6 +216,11 @@ def test_role_variables_of_the_wrong_type_or_form_are_refused(name, value, expec
 
 def test_command_line_numbers_are_whole_numbers():
     assert agented_backend_input_errors(OPTIONS, {"agented_backend_restart_sec": "2"}) == []
+
+
+@pytest.mark.parametrize("value", ["1G", "512M", "1073741824", "50%", "infinity"])
+def test_memory_limits_systemd_takes(value):
+    assert agented_backend_input_errors(OPTIONS, {"agented_backend_memory_max": value}) == []
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -427,3 +428,33 @@ def test_run_py_development_server(backend_dir, tmp_path, arguments):
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def _notifications(notify: socket.socket, seconds: float) -> list[tuple[float, bytes]]:
+    """What arrives on a NOTIFY_SOCKET within ``seconds``, each with its arrival time."""
+    received = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        notify.settimeout(left)
+        try:
+            received.append((time.monotonic(), notify.recv(4096)))
+        except TimeoutError:
+            break
+    return received
+
+
+def test_the_master_feeds_systemds_watchdog_from_its_main_loop(gunicorn, tmp_path):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    try:
+        server = gunicorn(NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="2000000")
+        alive = [at for at, message in _notifications(notify, 3.5) if message == b"WATCHDOG=1"]
+        assert len(alive) >= 3, "the master does not feed the watchdog once a second"
+        assert max(b - a for a, b in itertools.pairwise(alive)) < 1.5
+        # A master that stops looping stops feeding it, whatever its workers still do.
+        server.signal(signal.SIGSTOP)
+        stopped = _notifications(notify, 2.0)
+        server.signal(signal.SIGCONT)
+        assert b"WATCHDOG=1" not in [message for _, message in stopped]
+    finally:
+        notify.close()

@@ -75,6 +75,20 @@ def test_killed_master_is_replaced_within_5_seconds(host, target, signame):
     assert r["seconds"] <= RESTART_PROMISE, f"{r['seconds']:.2f} s > {RESTART_PROMISE} s: {r}"
 
 
+def test_hung_master_is_restarted_by_the_watchdog(host):
+    """A master that stops turning its main loop (SIGSTOP here, a deadlock in the field) keeps
+    its workers serving but stops feeding systemd's watchdog: systemd kills it once WatchdogSec
+    has passed and restarts the service."""
+    watchdog = seconds(show(host, SERVICE, "WatchdogUSec")["WatchdogUSec"])
+    restart_sec = seconds(show(host, SERVICE, "RestartUSec")["RestartUSec"])
+    assert watchdog > 0, "no watchdog on the unit"
+    r = restart(host, "master", "SIGSTOP")
+    assert r["seconds"] is not None, f"a hung master was not replaced within 30 s: {r}"
+    assert r["new_master"] not in (0, r["old_master"]), r
+    assert r["restarts_after"] == r["restarts_before"] + 1, r
+    assert r["seconds"] <= watchdog + restart_sec + 2, r
+
+
 def test_killed_worker_is_replaced_by_the_same_master(host):
     r = restart(host, "worker", "SIGKILL")
     assert r["seconds"] is not None, f"no replacement worker after 30 s: {r}"

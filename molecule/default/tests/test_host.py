@@ -159,6 +159,13 @@ def test_unit_restarts_on_failure_within_the_promise(host):
     assert 0 < seconds(p["StartLimitIntervalUSec"]) < float("inf"), p["StartLimitIntervalUSec"]
 
 
+def test_unit_bounds_memory_and_tasks_and_watches_the_master(host):
+    p = show(host, SERVICE, "MemoryMax", "TasksMax", "WatchdogUSec")
+    assert p["MemoryMax"] == str(1024**3), p
+    assert p["TasksMax"] == "512", p
+    assert 0 < seconds(p["WatchdogUSec"]) <= 30, p
+
+
 def test_socket_owns_the_port(host):
     p = show(host, SOCKET, "ActiveState", "UnitFileState", "Listen")
     assert p["ActiveState"] == "active" and p["UnitFileState"] == "enabled", p

@@ -87,6 +87,8 @@ def _env_type_error(setting, value):
 # would point into one release and change with the next one.
 _ROLE_ABSOLUTE_KINDS = ("path",)
 
+# systemd's MemoryMax= values.
+_MEMORY_RE = re.compile(r"[0-9]+[KMGT]?|[0-9]{1,2}%|100%|infinity")
 # POSIX portable user and group names, as useradd accepts them by default.
 _ACCOUNT_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # Characters a unit file or a plist would read differently: whitespace splits unit settings,
@@ -135,6 +137,11 @@ def agented_backend_input_errors(options, values):
             errors.append(
                 f"{name} is {value!r}: use a user or group name of lower-case letters, digits,"
                 " _ and - (at most 32, not starting with a digit or -)"
+            )
+        elif name == "agented_backend_memory_max" and not _MEMORY_RE.fullmatch(value):
+            errors.append(
+                f"{name} is {value!r}: use bytes with an optional K, M, G or T suffix (such as"
+                " 1G), a percentage of the host's memory (such as 50%) or infinity"
             )
         elif name.endswith("_dir") and not (
             os.path.isabs(value) and not _UNSAFE_PATH_RE.search(value)
