@@ -214,6 +214,7 @@ def post_fork(server, worker):
     exit before it restarts it, is not held up by workers that only notice the dead master at
     their next heartbeat.
     """
+    _answer_unparsable_requests_in_json()
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
@@ -221,6 +222,25 @@ def post_fork(server, worker):
         server.log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
     if os.getppid() != server.pid:
         sys.exit(0)  # the master died before prctl took effect: no signal will come
+
+
+def _answer_unparsable_requests_in_json():
+    """Gunicorn answers requests it cannot parse (400, 414 for a long request line, 431 for
+    headers too large) and errors outside the app (500) itself, with an HTML page. Give them the
+    app's JSON error shape instead; what was wrong stays in Gunicorn's log, not in the answer."""
+    import json  # noqa: PLC0415 -- only the workers need it
+
+    from gunicorn import util  # noqa: PLC0415
+
+    def write_json_error(sock, status_int, reason, mesg):
+        body = json.dumps({"error": reason, "status": status_int}).encode()
+        head = (
+            f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        util.write_nonblock(sock, head.encode("latin-1") + body)
+
+    util.write_error = write_json_error
 
 
 def post_worker_init(worker):

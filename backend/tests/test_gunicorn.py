@@ -458,3 +458,24 @@ def test_the_master_feeds_systemds_watchdog_from_its_main_loop(gunicorn, tmp_pat
         assert b"WATCHDOG=1" not in [message for _, message in stopped]
     finally:
         notify.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+    ],
+)
+def test_requests_gunicorn_cannot_parse_get_json_errors(gunicorn, request_bytes, status):
+    server = gunicorn()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+        client.sendall(request_bytes)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert b"Content-Type: application/json" in head, head
+    assert json.loads(body)["status"] == status, body
