@@ -45,6 +45,8 @@ _LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]
 WEBHOOK_SECRET = "bench-webhook-secret"
 # Fixed, so that every converge of a bench host renders the same .env.
 SECRET_KEY = "bench-secret-key-not-for-production"
+# Every /api/ read needs it as a bearer token (the webhook keeps its signature instead).
+API_TOKEN = "bench-api-token-not-for-production"
 PORT = 20000
 # The multiplication sign of "5 times faster" in the tables, named so that no one mistakes it for
 # an x in the source.
@@ -321,6 +323,7 @@ def local_env(port: int, state: Path, **extra: str) -> dict:
         "LOG_LEVEL": "warning",
         "CORS_ALLOWED_ORIGINS": "http://127.0.0.1",
         "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "API_TOKEN": API_TOKEN,
         **extra,
     }
 

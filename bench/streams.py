@@ -192,7 +192,8 @@ async def run(master: int, args) -> dict:
     bench = Bench(master)
     stop = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    headers = {"Authorization": f"Bearer {common.API_TOKEN}"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         bench.session = session
         sampler = asyncio.create_task(bench.sample_memory(stop))
         tasks: list[asyncio.Task] = []

@@ -16,6 +16,7 @@ time went. The summary is printed as one JSON line; every record goes to --out.
 """
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -33,11 +34,25 @@ REQUEST_TIMEOUT = 30.0
 POLL = 0.02
 
 
+# The token the backend generated on the host (run as root, which may read the state directory).
+TOKEN_FILE = "/var/lib/agented/.api_token"
+
+
+@functools.cache
+def authorization():
+    """The bearer header every /api/ read needs, read once; empty where no token was generated."""
+    try:
+        with open(TOKEN_FILE) as stream:
+            return {"Authorization": f"Bearer {stream.read().strip()}"}
+    except FileNotFoundError:
+        return {}
+
+
 def get(path, timeout=REQUEST_TIMEOUT):
     """(status, body) of one GET on a fresh connection; (error name, message) on failure."""
     connection = http.client.HTTPConnection(HOST, PORT, timeout=timeout)
     try:
-        connection.request("GET", path, headers={"Connection": "close"})
+        connection.request("GET", path, headers={"Connection": "close", **authorization()})
         response = connection.getresponse()
         return response.status, response.read()
     except (OSError, http.client.HTTPException) as error:
