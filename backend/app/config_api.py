@@ -22,5 +22,6 @@ def show_config() -> ResponseReturnValue:
         version=config["VERSION"],
         settings=settings.public_view(config),
         secret_key_source=config["SECRET_KEY_SOURCE"],
+        api_token_source=config["API_TOKEN_SOURCE"],
         agent_run={"environment": environment, "cwd": agent_runs.cwd(config)},
     )
