@@ -89,7 +89,7 @@ def configure_process(app: Flask) -> None:
         own_secret(app, name)
     # The largest body the API accepts is a webhook's; Flask refuses anything larger.
     app.config["MAX_CONTENT_LENGTH"] = app.config["GITHUB_WEBHOOK_MAX_BYTES"]
-    if "*" in app.config["CORS_ALLOWED_ORIGINS"]:
+    if "*" in (app.config["CORS_ALLOWED_ORIGINS"] or ()):
         app.logger.warning(
             "CORS_ALLOWED_ORIGINS is *: any web site can call this API from a browser; "
             "set it to your front end's origins"
@@ -119,12 +119,16 @@ def own_secret(app: Flask, name: str) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    CORS(
-        app,
-        resources={r"/api/*": {}, r"/health/*": {}},
-        origins=list(app.config["CORS_ALLOWED_ORIGINS"]),
-        expose_headers=["Content-Type"],
-    )
+    origins = app.config["CORS_ALLOWED_ORIGINS"]
+    # Unset means no cross-origin access: without flask-cors no answer carries
+    # Access-Control-Allow-Origin, so browsers keep other sites' pages out.
+    if origins:
+        CORS(
+            app,
+            resources={r"/api/*": {}, r"/health/*": {}},
+            origins=list(origins),
+            expose_headers=["Content-Type"],
+        )
     auth.init_app(app)  # first: an unauthenticated request touches nothing else
     lifecycle.init_app(app)
     request_db.init_app(app)

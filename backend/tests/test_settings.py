@@ -146,7 +146,7 @@ def test_required_variables_are_declared_with_their_defaults():
         "API_TOKEN": None,
         "GUNICORN_BIND": "0.0.0.0:20000",
         "LOG_LEVEL": "info",
-        "CORS_ALLOWED_ORIGINS": "*",
+        "CORS_ALLOWED_ORIGINS": None,
         "AGENTED_DB_PATH": "agented.db",
         "GITHUB_WEBHOOK_SECRET": None,
         "ANTHROPIC_API_KEY": None,
@@ -442,7 +442,7 @@ def test_defaults_when_nothing_is_set():
     values = settings.load(environ={}, env_file=None)
     assert values["GUNICORN_BIND"] == "0.0.0.0:20000"
     assert values["SSE_REPLAY_LIMIT"] == 500
-    assert values["CORS_ALLOWED_ORIGINS"] == ("*",)
+    assert values["CORS_ALLOWED_ORIGINS"] is None
     assert values["AGENTED_DB_PATH"] == str(BACKEND_DIR / "agented.db")
     assert values["SECRET_KEY"] is None
     assert values["CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS"] is None

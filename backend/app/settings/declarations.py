@@ -77,9 +77,11 @@ SETTINGS: tuple[Setting, ...] = (
         name="CORS_ALLOWED_ORIGINS",
         section="CORS",
         kind="origins",
-        default="*",
-        description="""Browser origins allowed to call the API and open the event stream. *
-        allows any origin and logs a warning at start: list your front end's origins instead.""",
+        default=None,
+        description="""Browser origins allowed to call the API and open the event stream, e.g.
+        your front end's https://app.example.com. Unset: no cross-origin access, no origin gets
+        Access-Control-Allow-Origin (same-origin pages and non-browser clients are unaffected). *
+        allows any origin and logs a warning at start.""",
     ),
     # --- Database ---
     _setting(
