@@ -174,3 +174,28 @@ def test_copy_ships_exactly_the_release_files(tmp_path):
     shipped = sorted(str(path.relative_to(copied)) for path in copied.rglob("*") if path.is_file())
     assert shipped == sorted(release(str(backend))["files"])
     assert release(str(copied))["id"] == release(str(backend))["id"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://user:hunter2@gw.example.com:99999/",
+        "ftp://user:hunter2@gw.example.com/",
+        "https://gw.example.com/v1?api_key=hunter2 x",
+        "https://user:hun/ter2@gw.example.com/",
+        ["https://user:hunter2@gw.example.com/"],  # not a string: its repr is shown
+        {"url": "https://gw.example.com/?token=hunter2"},
+    ],
+)
+def test_errors_never_show_credentials_written_into_a_url(value):
+    (error,) = agented_backend_env_errors({"ANTHROPIC_API_BASE": value}, SRC)
+    assert error.startswith("agented_backend_env.ANTHROPIC_API_BASE: ")
+    assert "hunter2" not in error
+    assert "***" in error
+
+
+def test_the_role_masks_with_the_backends_function():
+    import agented_backend  # noqa: PLC0415 -- the role's own filter plugin
+
+    settings = agented_backend._settings(SRC)
+    assert settings.mask_url_credentials("https://u:p@h/?token=t") == "https://***@h/?token=***"

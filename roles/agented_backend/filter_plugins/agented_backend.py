@@ -69,7 +69,8 @@ def agented_backend_settings(src):
 def agented_backend_env_errors(env, src):
     """One message per problem in `env` (agented_backend_env); an empty list when it is valid.
 
-    Messages never contain the value of a secret variable.
+    Messages never contain the value of a secret variable, nor credentials written into a URL
+    (masked by the backend's own mask_url_credentials, as GET /api/config masks them).
     """
     settings = _settings(src)
     declared = {s.name: s for s in settings.SETTINGS}
@@ -86,7 +87,7 @@ def agented_backend_env_errors(env, src):
                 f" (backend/.env.example lists them){hint}"
             )
             continue
-        shown = "(secret)" if setting.secret else repr(raw)
+        shown = "(secret)" if setting.secret else settings.mask_url_credentials(repr(raw))
         try:
             value = _as_text(raw)
         except TypeError as exc:
@@ -101,6 +102,7 @@ def agented_backend_env_errors(env, src):
                 f"agented_backend_env.{name}: the value contains a newline, which .env cannot hold"
             )
             continue
+        # check() masks URL credentials in the value it quotes.
         problem = settings.check(setting, value)
         if problem:
             if setting.secret:
