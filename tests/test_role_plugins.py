@@ -25,7 +25,7 @@ def test_settings_are_the_backend_declarations_that_env_example_documents():
     example = (BACKEND / ".env.example").read_text()
     documented = re.findall(r"^# type: .*\n# ([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE)
     assert names and names == documented
-    assert {"SECRET_KEY", "GITHUB_WEBHOOK_SECRET", "ANTHROPIC_API_KEY"} <= {
+    assert {"SECRET_KEY", "API_TOKEN", "GITHUB_WEBHOOK_SECRET", "ANTHROPIC_API_KEY"} <= {
         s["name"] for s in agented_backend_settings(SRC) if s["secret"]
     }
 

@@ -113,6 +113,13 @@ def test_every_other_api_route_and_method_needs_the_token_too(app):
     assert api_client(app).get("/api/no/such/route").status_code == 404
 
 
+def test_every_route_is_under_api_or_health(app):
+    """The token guards /api/; a route elsewhere would be open to anyone, so there is none."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint != "static":
+            assert rule.rule.startswith(("/api/", "/health/")), rule.rule
+
+
 def test_only_the_webhook_needs_no_token(app):
     public = {
         rule.endpoint

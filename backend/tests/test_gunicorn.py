@@ -72,6 +72,8 @@ def test_env_example_gives_a_running_service(tmp_path):
         log = server.log
         assert "CORS_ALLOWED_ORIGINS" not in log  # no cross-origin access by default
         assert '"GET /health/liveness HTTP/1.1" 200' in log  # access log
+        assert '"GET /api/config HTTP/1.1" 401' in log
+        assert token not in log
     finally:
         server.kill()
 
