@@ -27,7 +27,7 @@ def test_settings_are_the_backend_declarations_that_env_example_documents():
     example = (BACKEND / ".env.example").read_text()
     documented = re.findall(r"^# type: .*\n# ([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE)
     assert names and names == documented
-    assert {"SECRET_KEY", "GITHUB_WEBHOOK_SECRET", "ANTHROPIC_API_KEY"} <= {
+    assert {"SECRET_KEY", "API_TOKEN", "GITHUB_WEBHOOK_SECRET", "ANTHROPIC_API_KEY"} <= {
         s["name"] for s in agented_backend_settings(SRC) if s["secret"]
     }
 
@@ -192,9 +192,9 @@ def test_the_defaults_fit_the_specs():
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        ("agented_backend_restart_sec", True, "the YAML boolean true: use a whole number"),
+        ("agented_backend_restart_sec", True, "true (a YAML boolean): use a whole number"),
         ("agented_backend_restart_sec", "three", "use a whole number"),
-        ("agented_backend_uv_version", 1.1, "the YAML number 1.1, not text: quote it"),
+        ("agented_backend_uv_version", 1.1, "1.1 (a YAML number) is not text: quote it"),
         ("agented_backend_user", 511, "quote it"),
         ("agented_backend_user", "agented\nExecStartPre=/bin/true", "user or group name"),
         ("agented_backend_group", "Agented Group", "user or group name"),
@@ -226,9 +226,9 @@ def test_memory_limits_systemd_takes(value):
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"GUNICORN_CONTROL_SOCKET": False}, "the YAML boolean false is not text: quote it"),
+        ({"GUNICORN_CONTROL_SOCKET": False}, "false (a YAML boolean) is not text: quote it"),
         ({"LOG_LEVEL": 1}, "quote it"),
-        ({"GITHUB_WEBHOOK_SECRET": 1.1}, "the YAML number 1.1 is not text: quote it"),
+        ({"GITHUB_WEBHOOK_SECRET": 1.1}, "(secret) (a YAML number) is not text: quote it"),
         ({"SSE_REPLAY_LIMIT": True}, "quote it"),
         ({"AGENTED_DB_PATH": "data/agented.db"}, "use an absolute path"),
         ({"GUNICORN_GRACEFUL_TIMEOUT": 30}, "use at most 29"),
@@ -244,3 +244,28 @@ def test_numbers_and_flags_keep_their_yaml_types():
     env = {"SSE_REPLAY_LIMIT": 10, "CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS": True}
     assert agented_backend_env_errors(env, SRC) == []
     assert agented_backend_env_errors({"GUNICORN_BIND": "localhost:8080"}, SRC, 30, False) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://user:hunter2@gw.example.com:99999/",
+        "ftp://user:hunter2@gw.example.com/",
+        "https://gw.example.com/v1?api_key=hunter2 x",
+        "https://user:hun/ter2@gw.example.com/",
+        ["https://user:hunter2@gw.example.com/"],  # not a string: its repr is shown
+        {"url": "https://gw.example.com/?token=hunter2"},
+    ],
+)
+def test_errors_never_show_credentials_written_into_a_url(value):
+    (error,) = agented_backend_env_errors({"ANTHROPIC_API_BASE": value}, SRC)
+    assert error.startswith("agented_backend_env.ANTHROPIC_API_BASE: ")
+    assert "hunter2" not in error
+    assert "***" in error
+
+
+def test_the_role_masks_with_the_backends_function():
+    import agented_backend  # noqa: PLC0415 -- the role's own filter plugin
+
+    settings = agented_backend._settings(SRC)
+    assert settings.mask_url_credentials("https://u:p@h/?token=t") == "https://***@h/?token=***"

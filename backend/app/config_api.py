@@ -1,5 +1,5 @@
-"""``GET /api/config``: the effective configuration, secrets shown only as set or unset, and
-what an agent run would get from it."""
+"""``GET /api/config``: the effective configuration, secrets shown only as set or unset and
+credentials in URLs masked, and what an agent run would get from it."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ bp = Blueprint("config", __name__, url_prefix="/api")
 def show_config() -> ResponseReturnValue:
     config = current_app.config
     environment = {
-        name: "set" if name in agent_runs.SECRET_VARIABLES else value
+        name: "set" if name in agent_runs.SECRET_VARIABLES else settings.mask_url_credentials(value)
         for name, value in agent_runs.environment(config).items()
     }
     return jsonify(
         version=config["VERSION"],
         settings=settings.public_view(config),
         secret_key_source=config["SECRET_KEY_SOURCE"],
+        api_token_source=config["API_TOKEN_SOURCE"],
         agent_run={"environment": environment, "cwd": agent_runs.cwd(config)},
     )

@@ -18,6 +18,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from . import (
+    auth,
     config_api,
     db,
     errors,
@@ -80,25 +81,15 @@ def configure_logger(app: Flask) -> None:
 
 
 def configure_process(app: Flask) -> None:
-    """Time zone, secret key and the checks worth a warning at start."""
+    """Time zone, secret key, API token and the checks worth a warning at start."""
     if app.config["TZ"]:
         os.environ["TZ"] = app.config["TZ"]
         time.tzset()
-    if app.config["SECRET_KEY"]:
-        app.config["SECRET_KEY_SOURCE"] = "environment"  # noqa: S105 -- not a key
-    else:
-        directory = os.path.dirname(app.config["AGENTED_DB_PATH"])
-        try:
-            app.config["SECRET_KEY"] = secret_key.load_or_create(directory)
-        except OSError as error:
-            raise RuntimeError(
-                f"SECRET_KEY is not set and no key can be kept in {directory} ({error}): "
-                "set SECRET_KEY, or AGENTED_DB_PATH to a writable place"
-            ) from error
-        app.config["SECRET_KEY_SOURCE"] = "file"  # noqa: S105 -- not a key
+    for name in secret_key.FILES:
+        own_secret(app, name)
     # The largest body the API accepts is a webhook's; Flask refuses anything larger.
     app.config["MAX_CONTENT_LENGTH"] = app.config["GITHUB_WEBHOOK_MAX_BYTES"]
-    if "*" in app.config["CORS_ALLOWED_ORIGINS"]:
+    if "*" in (app.config["CORS_ALLOWED_ORIGINS"] or ()):
         app.logger.warning(
             "CORS_ALLOWED_ORIGINS is *: any web site can call this API from a browser; "
             "set it to your front end's origins"
@@ -110,13 +101,35 @@ def configure_process(app: Flask) -> None:
             app.logger.warning(".env sets an unknown variable: %s", note)
 
 
+def own_secret(app: Flask, name: str) -> None:
+    """``name`` from the configuration, else generated once next to the database, so that every
+    host has one without anybody setting it; ``{name}_SOURCE`` says which."""
+    if app.config[name]:
+        app.config[f"{name}_SOURCE"] = "environment"
+        return
+    directory = os.path.dirname(app.config["AGENTED_DB_PATH"])
+    try:
+        app.config[name] = secret_key.load_or_create(directory, name)
+    except OSError as error:
+        raise RuntimeError(
+            f"{name} is not set and cannot be kept in {directory} ({error}): "
+            f"set {name}, or AGENTED_DB_PATH to a writable place"
+        ) from error
+    app.config[f"{name}_SOURCE"] = "file"
+
+
 def register_extensions(app: Flask) -> None:
-    CORS(
-        app,
-        resources={r"/api/*": {}, r"/health/*": {}},
-        origins=list(app.config["CORS_ALLOWED_ORIGINS"]),
-        expose_headers=["Content-Type"],
-    )
+    origins = app.config["CORS_ALLOWED_ORIGINS"]
+    # Unset means no cross-origin access: without flask-cors no answer carries
+    # Access-Control-Allow-Origin, so browsers keep other sites' pages out.
+    if origins:
+        CORS(
+            app,
+            resources={r"/api/*": {}, r"/health/*": {}},
+            origins=list(origins),
+            expose_headers=["Content-Type"],
+        )
+    auth.init_app(app)  # first: an unauthenticated request touches nothing else
     lifecycle.init_app(app)
     request_db.init_app(app)
     events.init_app(app)

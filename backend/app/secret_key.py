@@ -1,4 +1,5 @@
-"""The fallback SECRET_KEY: generated once into a file next to the database and reused."""
+"""Secrets the backend keeps for itself when they are not configured: SECRET_KEY and
+API_TOKEN, each generated once into its own file next to the database and reused."""
 
 from __future__ import annotations
 
@@ -8,34 +9,36 @@ import secrets
 import stat
 import string
 
-FILE_NAME = ".secret_key"
+# Setting -> the file its generated value is kept in, in the database's directory.
+FILES = {"SECRET_KEY": ".secret_key", "API_TOKEN": ".api_token"}
 
 log = logging.getLogger(__name__)
 
 
-def _read(path: str) -> str:
-    # newline="" and only ASCII whitespace stripped: the key is exactly what the file holds,
+def _read(path: str, setting: str) -> str:
+    # newline="" and only ASCII whitespace stripped: the value is exactly what the file holds,
     # less the line ending an editor adds (str.strip() would also take \x1c-\x1f and such).
     with open(path, encoding="ascii", newline="") as stream:
-        key = stream.read().strip(string.whitespace)
-    if not key:
-        raise RuntimeError(f"{path} is empty: delete it to generate a new key, or set SECRET_KEY")
+        value = stream.read().strip(string.whitespace)
+    if not value:
+        raise RuntimeError(f"{path} is empty: delete it to generate a new one, or set {setting}")
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
         log.warning("%s is accessible to other users (mode %04o): chmod 600 it", path, mode)
-    return key
+    return value
 
 
-def load_or_create(directory: str) -> str:
-    """The key stored in ``directory``/.secret_key, created with mode 0600 if missing.
+def load_or_create(directory: str, setting: str = "SECRET_KEY") -> str:
+    """The value of ``setting`` stored in ``directory`` (FILES names the file), created with
+    mode 0600 if missing.
 
     Safe when several workers start at once: each writes a complete candidate to its own
     file (O_CREAT | O_EXCL, mode 0600), then hard-links it into place. link() fails if the
-    key already exists, so exactly one candidate wins and nobody can read a partial key.
+    file already exists, so exactly one candidate wins and nobody can read a partial value.
     """
-    path = os.path.join(directory, FILE_NAME)
+    path = os.path.join(directory, FILES[setting])
     try:
-        return _read(path)
+        return _read(path, setting)
     except FileNotFoundError:
         pass
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -49,9 +52,9 @@ def load_or_create(directory: str) -> str:
         try:
             os.link(candidate, path)
         except FileExistsError:
-            pass  # another worker won the race; use its key
+            pass  # another worker won the race; use its value
         else:
-            log.info("generated a new secret key in %s", path)
+            log.info("generated a new %s in %s", setting, path)
     finally:
         os.unlink(candidate)
-    return _read(path)
+    return _read(path, setting)

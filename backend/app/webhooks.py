@@ -28,7 +28,7 @@ import sqlite3
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from . import db, errors, events, request_db
+from . import auth, db, errors, events, request_db
 from .executions import execution_row_to_dict
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks")
@@ -92,6 +92,7 @@ class Delivery:
 
 
 @bp.post("/github")
+@auth.no_token  # the signature authenticates GitHub
 def github() -> tuple[Response, int] | Response:
     config = current_app.config
     try:

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app.factory import create_app
-from helpers import WEBHOOK_SECRET, Gunicorn, backend_copy
+from helpers import API_TOKEN, WEBHOOK_SECRET, Gunicorn, api_client, backend_copy
 
 
 @pytest.fixture
@@ -20,6 +20,7 @@ def app(tmp_path: Path) -> Flask:
             "TESTING": True,
             "AGENTED_DB_PATH": str(tmp_path / "state" / "agented.db"),
             "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "API_TOKEN": API_TOKEN,
             "BACKGROUND_JOBS": False,
             "SSE_HEARTBEAT_SECS": 1,
             "SSE_POLL_INTERVAL_MS": 20,
@@ -30,7 +31,8 @@ def app(tmp_path: Path) -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    """A client of the API as its front end is: with the token."""
+    return api_client(app)
 
 
 @pytest.fixture(scope="session")

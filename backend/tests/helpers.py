@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
 
 from app.settings import SETTINGS_BY_NAME
@@ -24,6 +25,15 @@ from app.webhooks import signature_of
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
 WEBHOOK_SECRET = "It's a Secret to Everybody"
+API_TOKEN = "test-api-token-0123456789abcdef"
+AUTHORIZATION = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def api_client(app: Flask) -> FlaskClient:
+    """A test client that sends the app's API token with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {app.config['API_TOKEN']}"
+    return client
 
 
 def delivery_request(
@@ -125,7 +135,7 @@ def request(
     """One request on its own connection, closed after (no idle keep-alive left behind)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request(method, path, body=body, headers=headers or {})
+        connection.request(method, path, body=body, headers=AUTHORIZATION | (headers or {}))
         response = connection.getresponse()
         data = response.read()
     finally:
@@ -147,7 +157,7 @@ class EventStream:
         connect: bool = True,
     ):
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", **AUTHORIZATION}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         self.connection.request("GET", "/api/events", headers=headers)
@@ -228,7 +238,8 @@ class Gunicorn:
         test_defaults: bool = True,
     ):
         """Listens on ``port`` (default: a free one). With ``test_defaults``, the database is in
-        ``state_dir``, there is no control socket and the webhook secret is WEBHOOK_SECRET;
+        ``state_dir``, there is no control socket, the webhook secret is WEBHOOK_SECRET and the
+        API token API_TOKEN (which request() and stream() send);
         ``env`` overrides (None unsets); anything else comes from the backend's .env."""
         self.backend_dir = backend_dir
         self.state_dir = state_dir
@@ -239,6 +250,7 @@ class Gunicorn:
                 "AGENTED_DB_PATH": str(state_dir / "state" / "agented.db"),
                 "GUNICORN_CONTROL_SOCKET": "off",
                 "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "API_TOKEN": API_TOKEN,
             }
         self.env = clean_environment(**(overrides | (env or {})))
         self.process: subprocess.Popen | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app import settings
 from app.factory import create_app
+from helpers import api_client
 
 
 def test_config_reports_every_setting_and_hides_secrets(tmp_path):
@@ -11,6 +12,7 @@ def test_config_reports_every_setting_and_hides_secrets(tmp_path):
         "SECRET_KEY": "k" * 40,
         "GITHUB_WEBHOOK_SECRET": "whsec-value",
         "ANTHROPIC_API_KEY": "sk-ant-value",
+        "API_TOKEN": "api-token-value",
     }
     app = create_app(
         {
@@ -20,7 +22,7 @@ def test_config_reports_every_setting_and_hides_secrets(tmp_path):
             **secrets,
         }
     )
-    response = app.test_client().get("/api/config")
+    response = api_client(app).get("/api/config")
     assert response.status_code == 200
     for value in secrets.values():
         assert value not in response.get_data(as_text=True)

@@ -10,7 +10,7 @@ import pytest
 from app import db, jobs
 from app.executions import mark_stale
 from app.factory import create_app
-from helpers import deliver
+from helpers import api_client, deliver
 
 
 def age(app, table: str, seconds: float) -> None:
@@ -123,7 +123,7 @@ def test_the_periodic_job_runs_in_the_background(tmp_path):
         },
         migrate=True,
     )
-    client = app.test_client()
+    client = api_client(app)
     assert jobs.interval(app) == 1.0
     deliver(client, {}, guid="soon-stale", secret="s")  # the first request starts the job
     deadline = time.monotonic() + 5

@@ -60,13 +60,21 @@ def test_env_example_gives_a_running_service(tmp_path):
         # Defaults: the database and the generated key in the backend directory...
         assert (backend / "agented.db").is_file()
         assert stat.S_IMODE((backend / ".secret_key").stat().st_mode) == 0o600
+        # ...and the generated API token, which the API needs:
+        token = (backend / ".api_token").read_text().strip()
+        assert stat.S_IMODE((backend / ".api_token").stat().st_mode) == 0o600
+        assert server.request("GET", "/api/config")[0] == 401
+        authorization = {"Authorization": f"Bearer {token}"}
+        assert server.request("GET", "/api/config", headers=authorization)[0] == 200
         # ...the control socket where Gunicorn puts it by default...
         assert is_socket_soon(home / ".gunicorn" / "gunicorn.ctl")
         # ...and no webhook secret: deliveries are refused.
         assert server.deliver({"zen": "x"})[0] == 503
         log = server.log
-        assert "CORS_ALLOWED_ORIGINS is *" in log
+        assert "CORS_ALLOWED_ORIGINS" not in log  # no cross-origin access by default
         assert '"GET /health/liveness HTTP/1.1" 200' in log  # access log
+        assert '"GET /api/config HTTP/1.1" 401' in log
+        assert token not in log
     finally:
         server.kill()
 

@@ -52,6 +52,7 @@ def test_not_ready_while_the_database_is_unreachable_then_ready_once_migrated(tm
         {
             "TESTING": True,
             "SECRET_KEY": "k",
+            "API_TOKEN": "t",
             "BACKGROUND_JOBS": False,
             "AGENTED_DB_PATH": str(path),
         }

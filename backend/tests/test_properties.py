@@ -22,7 +22,7 @@ from werkzeug.test import EnvironBuilder
 from app import db, events
 from app.factory import create_app
 from app.webhooks import signature_of
-from helpers import WEBHOOK_SECRET, parse_sse
+from helpers import WEBHOOK_SECRET, api_client, parse_sse
 from test_webhooks import Tripwire, call
 
 LIMIT = 4096
@@ -181,9 +181,7 @@ def test_any_last_event_id_is_handled(app, known_events, value):
         newest = events.newest_id(connection)
     finally:
         connection.close()
-    response = app.test_client().get(
-        "/api/events", headers={"Last-Event-ID": value}, buffered=False
-    )
+    response = api_client(app).get("/api/events", headers={"Last-Event-ID": value}, buffered=False)
     try:
         assert response.status_code == 200
         first = parse_sse(next(iter(response.response)).decode())

@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 from app import db, jobs, settings
 from app.factory import create_app
 from app.settings import SETTINGS, SETTINGS_BY_NAME, Bind, Setting, SettingsError
-from helpers import BACKEND_DIR, clean_environment, delivery_request
+from helpers import BACKEND_DIR, api_client, clean_environment, delivery_request
 
 # A valid value different from the default for every setting.
 NON_DEFAULTS = {
     "SECRET_KEY": "a secret key with spaces, # and 'quotes'",
+    "API_TOKEN": "an API token",
     "GUNICORN_BIND": "127.0.0.1:21000",
     "LOG_LEVEL": "warning",
     "GUNICORN_CONTROL_SOCKET": "/run/agented/gunicorn.ctl",
@@ -142,9 +143,10 @@ def test_sections_are_in_the_documented_order():
 def test_required_variables_are_declared_with_their_defaults():
     expected = {
         "SECRET_KEY": None,
+        "API_TOKEN": None,
         "GUNICORN_BIND": "0.0.0.0:20000",
         "LOG_LEVEL": "info",
-        "CORS_ALLOWED_ORIGINS": "*",
+        "CORS_ALLOWED_ORIGINS": None,
         "AGENTED_DB_PATH": "agented.db",
         "GITHUB_WEBHOOK_SECRET": None,
         "ANTHROPIC_API_KEY": None,
@@ -167,6 +169,7 @@ def test_required_variables_are_declared_with_their_defaults():
     )
     assert {s.name for s in SETTINGS if s.secret} == {
         "SECRET_KEY",
+        "API_TOKEN",
         "GITHUB_WEBHOOK_SECRET",
         "ANTHROPIC_API_KEY",
     }
@@ -439,7 +442,7 @@ def test_defaults_when_nothing_is_set():
     values = settings.load(environ={}, env_file=None)
     assert values["GUNICORN_BIND"] == "0.0.0.0:20000"
     assert values["SSE_REPLAY_LIMIT"] == 500
-    assert values["CORS_ALLOWED_ORIGINS"] == ("*",)
+    assert values["CORS_ALLOWED_ORIGINS"] is None
     assert values["AGENTED_DB_PATH"] == str(BACKEND_DIR / "agented.db")
     assert values["SECRET_KEY"] is None
     assert values["CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS"] is None
@@ -648,10 +651,13 @@ def test_every_setting_takes_effect(tmp_path, monkeypatch, restore_timezone):
         monkeypatch.setenv(name, value)
 
     app = create_app(migrate=True)
-    client = app.test_client()
+    client = api_client(app)
 
     # Security, Database
     assert app.config["SECRET_KEY"] == NON_DEFAULTS["SECRET_KEY"]
+    assert app.test_client().get("/api/config").status_code == 401
+    authorization = {"Authorization": "Bearer " + NON_DEFAULTS["API_TOKEN"]}
+    assert app.test_client().get("/api/config", headers=authorization).status_code == 200
     assert (tmp_path / "db" / "custom.db").exists()
     # Server: log level and time zone of the process
     assert app.logger.level == logging.WARNING

@@ -33,6 +33,7 @@ from .schema import (
     check,
     dotenv_quote,
     dotenv_unquote,
+    mask_url_credentials,
     parse_bind,
     split_origins,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "dotenv_quote",
     "dotenv_unquote",
     "load",
+    "mask_url_credentials",
     "parse_bind",
     "public_view",
     "read_env_file",
@@ -140,14 +142,17 @@ def unknown_names(env_file: str | os.PathLike[str] | None = ENV_FILE) -> list[st
 
 
 def public_view(values: Mapping[str, object]) -> dict[str, object]:
-    """Loaded values safe to show: secrets become "set" or "unset", tuples become lists."""
+    """Loaded values safe to show: secrets become "set" or "unset", credentials written into a
+    URL are masked (:func:`mask_url_credentials`), tuples become lists."""
     view: dict[str, object] = {}
     for setting in SETTINGS:
         value = values.get(setting.name)
         if setting.secret:
             view[setting.name] = "set" if value else "unset"
         elif isinstance(value, tuple):
-            view[setting.name] = list(value)
+            view[setting.name] = [mask_url_credentials(str(item)) for item in value]
+        elif isinstance(value, str):
+            view[setting.name] = mask_url_credentials(value)
         else:
             view[setting.name] = value
     return view

@@ -25,6 +25,19 @@ SETTINGS: tuple[Setting, ...] = (
         it explicitly when several hosts must share it.""",
         secret=True,
     ),
+    _setting(
+        name="API_TOKEN",
+        section="Security",
+        kind="string",
+        default=None,
+        description="""Token every request under /api/ must send as Authorization: Bearer
+        <token>, the event stream included (not accepted in the URL, which logs keep); without
+        it the answer is 401. Only the GitHub webhook, which is signed, needs none; /health/ is
+        open. Unset: a random token is generated once into .api_token next to the database
+        (mode 0600) and reused; read it on the host, e.g. sudo cat /var/lib/agented/.api_token
+        where the Ansible role deployed the backend.""",
+        secret=True,
+    ),
     # --- Server ---
     _setting(
         name="GUNICORN_BIND",
@@ -64,9 +77,11 @@ SETTINGS: tuple[Setting, ...] = (
         name="CORS_ALLOWED_ORIGINS",
         section="CORS",
         kind="origins",
-        default="*",
-        description="""Browser origins allowed to call the API and open the event stream. *
-        allows any origin and logs a warning at start: list your front end's origins instead.""",
+        default=None,
+        description="""Browser origins allowed to call the API and open the event stream, e.g.
+        your front end's https://app.example.com. Unset: no cross-origin access, no origin gets
+        Access-Control-Allow-Origin (same-origin pages and non-browser clients are unaffected). *
+        allows any origin and logs a warning at start.""",
     ),
     # --- Database ---
     _setting(
@@ -75,8 +90,8 @@ SETTINGS: tuple[Setting, ...] = (
         kind="path",
         default="agented.db",
         description="""SQLite database file; its directory is created if missing and also holds
-        .secret_key. The default resolves to backend/agented.db; deployments point it at a state
-        directory such as /var/lib/agented/agented.db.""",
+        .secret_key and .api_token. The default resolves to backend/agented.db; deployments point
+        it at a state directory such as /var/lib/agented/agented.db.""",
     ),
     # --- GitHub ---
     _setting(

@@ -300,10 +300,44 @@ def _check(setting: Setting, value: str) -> str | None:
     return f"{_show(setting, value)} is not allowed: {_allowed(setting)}"
 
 
+# --- Credentials in URLs ----------------------------------------------------------------------
+
+# Anything that starts like a URL, up to whitespace. Quotes do not end it: RFC 3986 allows ' in
+# a password, and a message quotes the raw value only after it was masked.
+_URL_TOKEN_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+# user:password@ is everything up to the LAST @ before the query or fragment: a password may
+# hold an unencoded @ or / (invalid, but then an error message shows it).
+_USERINFO_RE = re.compile(r"(?<=://)[^?#]*@")
+# A query or fragment parameter whose name says it holds a credential, and its value.
+_CREDENTIAL_PARAMETER_RE = re.compile(
+    r"(?<=[?&#;])([^=&#?;\s]*(?:token|key|secret|pass|pwd|auth|sig|credential|session)"
+    r"[^=&#?;\s]*=)[^&#;\s]*",
+    re.IGNORECASE,
+)
+MASK = "***"
+
+
+def _mask_url(match: "re.Match[str]") -> str:
+    url = _USERINFO_RE.sub(MASK + "@", match.group(0), count=1)
+    return _CREDENTIAL_PARAMETER_RE.sub(lambda parameter: parameter.group(1) + MASK, url)
+
+
+def mask_url_credentials(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ***: user:password@ (or a
+    lone user@) and the values of query or fragment parameters named like credentials (token,
+    key, api_key, access_token, secret, password, signature, ...). Anything else is unchanged,
+    and masking twice gives the same text. For showing values, never for using them."""
+    return _URL_TOKEN_RE.sub(_mask_url, text)
+
+
 def _show(setting: Setting, value: str) -> str:
     if setting.secret:
         return f"{setting.name}=<hidden>"
-    text = repr(value)
+    shown = mask_url_credentials(value)
+    if setting.kind == "url" and "://" not in value:
+        # A URL missing its scheme is still read as one, so that its credentials are masked.
+        shown = mask_url_credentials("x://" + value).removeprefix("x://")
+    text = repr(shown)
     if len(text) > 80:
         text = text[:76] + "...'"
     return f"{setting.name}={text}"

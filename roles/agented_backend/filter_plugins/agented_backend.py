@@ -43,20 +43,25 @@ def _settings(src):
     return _PACKAGES[root]
 
 
-def _yaml_type(value):
-    """How YAML read an unquoted value, for messages: a user who wrote 0777, 1.10, yes or off
-    without quotes got a number or a boolean, not the text they typed."""
+def _yaml_kind(value):
+    """What YAML made of a value, for messages: a user who wrote 0777, 1.10, yes or off without
+    quotes got a number or a boolean, not the text they typed."""
     if isinstance(value, bool):
-        return f"the YAML boolean {str(value).lower()}"
+        return "a YAML boolean"
     if isinstance(value, (int, float)):
-        return f"the YAML number {value!r}"
+        return "a YAML number"
     if isinstance(value, str):
-        return f"the text {value!r}"
+        return "text"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
     return f"a {type(value).__name__}"
+
+
+def _yaml_shown(value):
+    """The value as YAML read it (true, 1.1, [...]), for a message."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _as_text(value):
@@ -70,7 +75,7 @@ def _as_text(value):
     raise TypeError(type(value).__name__)
 
 
-def _env_type_error(setting, value):
+def _env_type_error(setting, value, shown):
     """Why YAML's type for `value` is wrong for `setting`, or None. Numbers are accepted where
     the setting is a whole number, booleans where it is a 0/1 flag; everywhere else a value
     must be a string, since YAML silently turns 0777 into 511, 1.10 into 1.1 and off into false."""
@@ -80,7 +85,7 @@ def _env_type_error(setting, value):
         return None
     if setting.kind == "flag" and (isinstance(value, bool) or value in (0, 1)):
         return None
-    return f"{_yaml_type(value)} is not text: quote it"
+    return f"{shown} ({_yaml_kind(value)}) is not text: quote it"
 
 
 # Role-level rules beyond the backend's own checks: a path relative to the backend directory
@@ -110,24 +115,28 @@ def agented_backend_input_errors(options, values):
         value = values[name]
         kind = spec.get("type", "str")
         if kind in ("str", "path") and not isinstance(value, str):
-            errors.append(f"{name} is {_yaml_type(value)}, not text: quote it")
+            errors.append(
+                f"{name} is {_yaml_shown(value)} ({_yaml_kind(value)}) is not text: quote it"
+            )
             continue
         # -e name=2 on the command line gives the text "2": a whole number all the same.
         if kind == "int" and not (
             (isinstance(value, int) and not isinstance(value, bool))
             or (isinstance(value, str) and re.fullmatch(r"[0-9]+", value))
         ):
-            errors.append(f"{name} is {_yaml_type(value)}: use a whole number")
+            errors.append(
+                f"{name} is {_yaml_shown(value)} ({_yaml_kind(value)}): use a whole number"
+            )
             continue
         # The text "false" would be true in a condition: refuse it rather than guess.
         if kind == "bool" and not isinstance(value, bool):
             errors.append(
-                f"{name} is {_yaml_type(value)}: use true or false (on the command line as JSON:"
-                f" -e '{{\"{name}\": false}}')"
+                f"{name} is {_yaml_shown(value)} ({_yaml_kind(value)}): use true or false"
+                f" (on the command line as JSON: -e '{{\"{name}\": false}}')"
             )
             continue
         if kind == "dict" and not isinstance(value, dict):
-            errors.append(f"{name} is {_yaml_type(value)}: use a mapping")
+            errors.append(f"{name} is {_yaml_shown(value)} ({_yaml_kind(value)}): use a mapping")
             continue
         if "choices" in spec and value not in spec["choices"]:
             allowed = ", ".join(str(choice) for choice in spec["choices"])
@@ -170,7 +179,8 @@ def agented_backend_settings(src):
 def agented_backend_env_errors(env, src, stop_timeout=30, socket_activation=True):
     """One message per problem in `env` (agented_backend_env); an empty list when it is valid.
 
-    Messages never contain the value of a secret variable.
+    Messages never contain the value of a secret variable, nor credentials written into a URL
+    (masked by the backend's own mask_url_credentials, as GET /api/config masks them).
     """
     settings = _settings(src)
     declared = {s.name: s for s in settings.SETTINGS}
@@ -187,7 +197,8 @@ def agented_backend_env_errors(env, src, stop_timeout=30, socket_activation=True
                 f" (backend/.env.example lists them){hint}"
             )
             continue
-        if (problem := _env_type_error(setting, raw)) is not None:
+        shown = "(secret)" if setting.secret else settings.mask_url_credentials(_yaml_shown(raw))
+        if (problem := _env_type_error(setting, raw, shown)) is not None:
             errors.append(f"agented_backend_env.{name}: {problem}")
             continue
         value = _as_text(raw)
@@ -198,6 +209,7 @@ def agented_backend_env_errors(env, src, stop_timeout=30, socket_activation=True
                 f"agented_backend_env.{name}: the value contains a newline, which .env cannot hold"
             )
             continue
+        # check() masks URL credentials in the value it quotes.
         problem = settings.check(setting, value)
         if not problem and setting.kind in _ROLE_ABSOLUTE_KINDS and not os.path.isabs(value):
             problem = (
