@@ -26,6 +26,9 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 # Events kept for replay at least; older ones are pruned by the periodic job.
 EVENTS_KEPT = 10000
+# The largest integer SQLite stores (signed 64 bits); Python's sqlite3 raises OverflowError
+# for a larger one instead of finding no row.
+SQLITE_MAX_INTEGER = 2**63 - 1
 
 
 def _timestamp(value: float | None) -> str | None:
@@ -93,6 +96,8 @@ def list_executions() -> ResponseReturnValue:
 
 @bp.get("/executions/<int:execution_id>")
 def get_execution(execution_id: int) -> ResponseReturnValue:
+    if execution_id > SQLITE_MAX_INTEGER:  # no row can have it, and the query would overflow
+        abort(404, f"no execution {execution_id}")
     row = (
         request_db.get_db()
         .execute(

@@ -62,6 +62,13 @@ def test_get_one_execution(client):
     assert client.get("/api/executions/999").status_code == 404
 
 
+@pytest.mark.parametrize("execution_id", ["99999999999999999999", str(2**63), str(2**63 - 1)])
+def test_an_id_beyond_sqlite_integers_is_404(client, execution_id):
+    response = client.get(f"/api/executions/{execution_id}")
+    assert response.status_code == 404
+    assert response.get_json() == {"error": f"no execution {execution_id}", "status": 404}
+
+
 def test_running_executions_become_stale_after_the_threshold(app, client):
     deliver(client, {}, guid="old")
     age(app, "executions", 901)
