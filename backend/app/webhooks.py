@@ -7,7 +7,9 @@ Checks, in order (the first that fails answers):
    a chunked body is read up to the limit and refused with 413 when it goes past it;
 3. missing or wrong X-Hub-Signature-256 (HMAC-SHA256 of the raw body) -> 401;
 4. missing or malformed X-GitHub-Delivery, malformed X-GitHub-Event -> 400;
-5. a body that is not a JSON object -> 400.
+5. a body that is not a JSON object -> 400, and so is one whose action, repository name or
+   issue/pull request/discussion number cannot be stored (a lone surrogate, an integer
+   beyond 64 bits).
 
 A valid delivery is stored with its execution and its event in ONE transaction, committed
 before the answer: 202 with their ids. A delivery id seen before is answered 200 and not
@@ -29,7 +31,7 @@ import sqlite3
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import db, errors, events, request_db
-from .executions import execution_row_to_dict
+from .executions import SQLITE_MAX_INTEGER, execution_row_to_dict
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks")
 
@@ -148,7 +150,27 @@ def parse(body: bytes, guid: str | None, event: str | None) -> Delivery:
         payload = None
     if not isinstance(payload, dict):
         raise Refused(400, "The body is not a JSON object: use content type application/json")
-    return Delivery(guid, event, payload, body)
+    delivery = Delivery(guid, event, payload, body)
+    _check_storable(delivery)
+    return delivery
+
+
+def _check_storable(delivery: Delivery) -> None:
+    """Refuse with 400 the values that are stored in columns of their own but that SQLite
+    cannot hold: JSON may escape a lone surrogate (not UTF-8, so sqlite3 raises
+    UnicodeEncodeError) and may carry integers beyond 64 bits (OverflowError). Both would
+    otherwise be a 500 inside the transaction; GitHub sends neither."""
+    for name, value in (("action", delivery.action), ("repository", delivery.repository)):
+        if value is not None:
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise Refused(400, f"The payload's {name} is not valid Unicode") from None
+    for name in _CONVERSATION_OBJECTS:
+        subject = delivery.payload.get(name)
+        number = subject.get("number") if isinstance(subject, dict) else None
+        if isinstance(number, int) and not -SQLITE_MAX_INTEGER - 1 <= number <= SQLITE_MAX_INTEGER:
+            raise Refused(400, f"The payload's {name}.number is out of range")
 
 
 def store(connection: sqlite3.Connection, delivery: Delivery) -> tuple[int, dict]:
