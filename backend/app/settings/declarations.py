@@ -115,9 +115,9 @@ SETTINGS: tuple[Setting, ...] = (
         kind="int",
         default="67108864",
         description="""Bytes of webhook bodies one worker holds in memory at once, across all
-        its requests (default 64 MiB). A body is spooled to a temporary file (TMPDIR) while its
-        signature is checked, holding at most 256 KiB in memory; only a verified body is read
-        whole into memory. Beyond the budget a delivery gets 503 with Retry-After. Keep it at
+        its requests (default 64 MiB). While its signature is checked a body takes 768 KiB of it
+        at most (the rest is spooled to a temporary file in TMPDIR); only a verified body is
+        read whole into memory. Beyond the budget a delivery gets 503 with Retry-After. Keep it at
         least GITHUB_WEBHOOK_MAX_BYTES, or the largest deliveries are always refused.""",
         minimum=1048576,
         maximum=68719476736,
