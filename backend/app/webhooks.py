@@ -14,7 +14,9 @@ Checks, in order (the first that fails answers):
 7. missing or malformed X-GitHub-Delivery, malformed X-GitHub-Event -> 400;
 8. a body that is not a JSON object -> 400, and so is one whose action, repository name or
    issue/pull request/discussion number cannot be stored (a lone surrogate, an integer
-   beyond 64 bits).
+   beyond 64 bits);
+9. the database's write lock held elsewhere for AGENTED_DB_LOCK_WAIT_SECS -> 503 with
+   Retry-After and nothing stored; the worker keeps serving while it waits.
 
 A valid delivery is stored with its execution and its event in ONE transaction, committed
 before the answer: 202 with their ids. A delivery id seen before is answered 200 and not
@@ -48,7 +50,7 @@ import gevent
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
-from . import body_limits, db, errors, events, request_db
+from . import body_limits, db, errors, events, request_db, write_lock
 from .executions import SQLITE_MAX_INTEGER, execution_row_to_dict
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks")
@@ -171,9 +173,11 @@ def github() -> tuple[Response, int] | Response:
                 request.headers.get("X-GitHub-Delivery"),
                 request.headers.get("X-GitHub-Event"),
             )
+            status, answer = store(
+                request_db.get_db(), delivery, config["AGENTED_DB_LOCK_WAIT_SECS"]
+            )
         except Refused as refusal:
             return _refusal(refusal)
-        status, answer = store(request_db.get_db(), delivery)
     if status == 202:
         events.notify()
     return jsonify(answer), status
@@ -340,29 +344,48 @@ def _check_storable(delivery: Delivery) -> None:
             raise Refused(400, f"The payload's {name}.number is out of range")
 
 
-def store(connection: sqlite3.Connection, delivery: Delivery) -> tuple[int, dict]:
+def store(
+    connection: sqlite3.Connection, delivery: Delivery, lock_wait_secs: float
+) -> tuple[int, dict]:
     """Store a verified delivery, its execution and its event in one transaction: 202 with
-    their ids, or 200 for a delivery stored before."""
-    received = db.now()
-    with db.transaction(connection):
-        delivery_id = _insert_delivery(connection, delivery, received)
-        if delivery_id is None:
-            return 200, _duplicate(connection, delivery.guid)
-        conversation_id = _touch_conversation(connection, delivery.payload, received)
-        execution = _insert_execution(connection, delivery, delivery_id, conversation_id, received)
-        event_id = events.record(
-            connection,
-            "execution.created",
-            {
-                "execution": execution,
-                "delivery": {
-                    "id": delivery.guid,
-                    "event": delivery.event,
-                    "action": delivery.action,
-                    "repository": delivery.repository,
-                },
-            },
+    their ids, or 200 for a delivery stored before. 503 when the database's write lock is
+    held elsewhere for ``lock_wait_secs``: nothing is stored, and GitHub can redeliver."""
+    try:
+        with write_lock.transaction(connection, lock_wait_secs):
+            return _store(connection, delivery)
+    except write_lock.LockNotAcquired:
+        current_app.logger.warning(
+            "delivery %s not stored: the database stayed locked for %s s",
+            delivery.guid,
+            lock_wait_secs,
         )
+        raise Refused(
+            503,
+            "The database is busy: the delivery was not stored, retry later",
+            retry_after=RETRY_AFTER_SECS,
+        ) from None
+
+
+def _store(connection: sqlite3.Connection, delivery: Delivery) -> tuple[int, dict]:
+    received = db.now()
+    delivery_id = _insert_delivery(connection, delivery, received)
+    if delivery_id is None:
+        return 200, _duplicate(connection, delivery.guid)
+    conversation_id = _touch_conversation(connection, delivery.payload, received)
+    execution = _insert_execution(connection, delivery, delivery_id, conversation_id, received)
+    event_id = events.record(
+        connection,
+        "execution.created",
+        {
+            "execution": execution,
+            "delivery": {
+                "id": delivery.guid,
+                "event": delivery.event,
+                "action": delivery.action,
+                "repository": delivery.repository,
+            },
+        },
+    )
     return 202, {
         "status": "accepted",
         "delivery": delivery.guid,

@@ -4,15 +4,17 @@ not pin a worker's memory or time, and the worker keeps answering meanwhile."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from app import webhooks
-from helpers import request
+from helpers import delivery_request, request
 
 MIB = 1024 * 1024
 WEBHOOK = "/api/webhooks/github"
@@ -186,3 +188,69 @@ def test_webhook_bodies_beyond_the_memory_budget_are_503(gunicorn):
         assert body["status"] == 503
         assert int(headers["retry-after"]) > 0
     _wait_for_status(server.port, 401)
+
+
+def _deliver(port: int, guid: str, outcome: dict) -> None:
+    """A signed delivery on its own connection; its status, Retry-After and duration go into
+    ``outcome`` (run in a thread while the test measures liveness)."""
+    started = time.monotonic()
+    body, headers = delivery_request({"zen": guid}, guid=guid)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        connection.request("POST", WEBHOOK, body=body, headers=headers)
+        response = connection.getresponse()
+        outcome["body"] = json.loads(response.read())
+        outcome["status"] = response.status
+        outcome["retry_after"] = response.getheader("Retry-After")
+    finally:
+        connection.close()
+        outcome["seconds"] = time.monotonic() - started
+
+
+def _deliver_measuring_liveness(port: int, guid: str, release=None) -> tuple[dict, list[float]]:
+    """Deliver from a thread, probing liveness meanwhile (at most 10 s); ``release`` is
+    called once, half a second in."""
+    outcome: dict = {}
+    thread = threading.Thread(target=_deliver, args=(port, guid, outcome), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    latencies = []
+    while thread.is_alive() and time.monotonic() - started < 10.0:
+        latencies.append(_liveness_seconds(port))
+        if release is not None and time.monotonic() - started > 0.5:
+            release()
+            release = None
+        time.sleep(0.05)
+    thread.join(timeout=5)
+    return outcome, latencies
+
+
+def test_a_held_database_write_lock_neither_freezes_the_worker_nor_loses_the_delivery(
+    gunicorn, tmp_path
+):
+    server = gunicorn(GUNICORN_WORKERS="1", AGENTED_DB_LOCK_WAIT_SECS="2")
+    holder = sqlite3.connect(tmp_path / "state" / "agented.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+        refused, latencies = _deliver_measuring_liveness(server.port, "while-locked")
+        print(
+            f"write lock held: delivery answered {refused.get('status')} after "
+            f"{refused['seconds']:.2f} s; liveness max {max(latencies) * 1000:.0f} ms "
+            f"over {len(latencies)} probes"
+        )
+        assert refused["status"] == 503, refused
+        assert int(refused["retry_after"]) > 0
+        assert refused["body"]["status"] == 503
+        assert 1.5 < refused["seconds"] < 5.0
+        assert max(latencies) < 0.5
+
+        # A lock let go while the delivery waits for it: the delivery is stored.
+        accepted, latencies = _deliver_measuring_liveness(
+            server.port, "after-release", release=lambda: holder.execute("ROLLBACK")
+        )
+        assert accepted["status"] == 202, accepted
+        assert max(latencies) < 0.5
+        guids = [row[0] for row in holder.execute("SELECT guid FROM deliveries")]
+        assert guids == ["after-release"]
+    finally:
+        holder.close()

@@ -32,6 +32,7 @@ NON_DEFAULTS = {
     "TZ": "Asia/Tokyo",
     "CORS_ALLOWED_ORIGINS": "https://app.example.com, http://localhost:5173",
     "AGENTED_DB_PATH": "(set by the test)",
+    "AGENTED_DB_LOCK_WAIT_SECS": "3",
     "GITHUB_WEBHOOK_SECRET": "webhook $ecret = 'x'",
     "GITHUB_WEBHOOK_MAX_BYTES": "2048",
     "GITHUB_WEBHOOK_READ_TIMEOUT_SECS": "12",

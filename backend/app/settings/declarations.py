@@ -78,6 +78,17 @@ SETTINGS: tuple[Setting, ...] = (
         .secret_key. The default resolves to backend/agented.db; deployments point it at a state
         directory such as /var/lib/agented/agented.db.""",
     ),
+    _setting(
+        name="AGENTED_DB_LOCK_WAIT_SECS",
+        section="Database",
+        kind="int",
+        default="5",
+        description="""Seconds a webhook delivery waits for the database's write lock while
+        another connection holds it. The worker keeps serving meanwhile; past it the delivery
+        gets 503 with Retry-After, and is not stored, so it can be redelivered.""",
+        minimum=1,
+        maximum=60,
+    ),
     # --- GitHub ---
     _setting(
         name="GITHUB_WEBHOOK_SECRET",
