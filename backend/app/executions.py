@@ -16,7 +16,7 @@ import sqlite3
 from flask import Blueprint, abort, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import db, events, request_db
+from . import db, events, request_db, write_lock
 
 bp = Blueprint("executions", __name__, url_prefix="/api")
 
@@ -146,13 +146,16 @@ def mark_stale(
     conversation_threshold: float,
     keep_events: int = EVENTS_KEPT,
     now: float | None = None,
+    *,
+    lock_wait_secs: float = db.BUSY_TIMEOUT_SECS,
 ) -> int:
     """Mark overdue executions and idle conversations stale, with one event each, and prune
     events beyond the newest ``keep_events`` (at least EVENTS_KEPT). One short transaction;
     running it in every worker at once is harmless (a row changes once). Returns how many
-    rows changed."""
+    rows changed. The write lock is waited for without blocking other greenlets, for at most
+    ``lock_wait_secs``: then write_lock.LockNotAcquired, an sqlite3.OperationalError."""
     now = db.now() if now is None else now
-    with db.transaction(connection):
+    with write_lock.transaction(connection, lock_wait_secs):
         executions = connection.execute(
             """UPDATE executions SET status = 'stale', updated_at = ?
                WHERE status = 'running' AND updated_at < ? RETURNING *""",

@@ -27,8 +27,10 @@ _FIRST_PAUSE_SECS = 0.005
 _LONGEST_PAUSE_SECS = 0.1
 
 
-class LockNotAcquired(Exception):
-    """Another connection kept the database's write lock for the whole wait."""
+class LockNotAcquired(sqlite3.OperationalError):
+    """Another connection kept the database's write lock for the whole wait. An
+    OperationalError, as SQLite's own "database is locked" is, so that callers which handle
+    sqlite3.Error (the housekeeping job) handle it too."""
 
 
 @contextlib.contextmanager
