@@ -198,8 +198,9 @@ def _close_connection_after(response: Response) -> None:
     for as long as the client cares to send. Gunicorn ignores a Connection header from the
     app; shutting the socket's read side makes it see the end of the connection instead."""
     connection = request.environ.get("gunicorn.socket")
-    if connection is None:  # another server (tests, run.py): it may honour the header
-        response.headers["Connection"] = "close"
+    if connection is None:
+        # Another server (tests, run.py). No Connection header: PEP 3333 leaves hop-by-hop
+        # headers to the server.
         return
 
     def shut_read_side() -> None:
