@@ -254,3 +254,16 @@ def test_errors_are_json(client):
     assert response.status_code == 405
     assert response.get_json()["status"] == 405
     assert "POST" in response.headers["Allow"]
+
+
+def test_every_request_gives_back_its_budget_and_client_slot(app, client, monkeypatch):
+    limits = app.extensions["agented_webhook_limits"]
+    deliver(client, {"a": 1}, guid="ok")  # 202
+    deliver(client, {"a": 1}, guid="ok")  # 200, duplicate
+    deliver(client, {"a": 1}, secret="wrong")  # 401
+    deliver(client, body=b"[]")  # 400
+    monkeypatch.setattr(events, "record", lambda *_args: 1 / 0)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    assert deliver(client, {"a": 2}, guid="fails").status_code == 500
+    assert limits.budget.used == 0
+    assert limits.unsigned.in_flight("127.0.0.1") == 0
