@@ -16,7 +16,7 @@ import sqlite3
 from flask import Blueprint, abort, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import db, events, request_db
+from . import db, events, request_db, write_lock
 
 bp = Blueprint("executions", __name__, url_prefix="/api")
 
@@ -26,6 +26,9 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 # Events kept for replay at least; older ones are pruned by the periodic job.
 EVENTS_KEPT = 10000
+# The largest integer SQLite stores (signed 64 bits); Python's sqlite3 raises OverflowError
+# for a larger one instead of finding no row.
+SQLITE_MAX_INTEGER = 2**63 - 1
 
 
 def _timestamp(value: float | None) -> str | None:
@@ -93,6 +96,8 @@ def list_executions() -> ResponseReturnValue:
 
 @bp.get("/executions/<int:execution_id>")
 def get_execution(execution_id: int) -> ResponseReturnValue:
+    if execution_id > SQLITE_MAX_INTEGER:  # no row can have it, and the query would overflow
+        abort(404, f"no execution {execution_id}")
     row = (
         request_db.get_db()
         .execute(
@@ -141,13 +146,16 @@ def mark_stale(
     conversation_threshold: float,
     keep_events: int = EVENTS_KEPT,
     now: float | None = None,
+    *,
+    lock_wait_secs: float = db.BUSY_TIMEOUT_SECS,
 ) -> int:
     """Mark overdue executions and idle conversations stale, with one event each, and prune
     events beyond the newest ``keep_events`` (at least EVENTS_KEPT). One short transaction;
     running it in every worker at once is harmless (a row changes once). Returns how many
-    rows changed."""
+    rows changed. The write lock is waited for without blocking other greenlets, for at most
+    ``lock_wait_secs``: then write_lock.LockNotAcquired, an sqlite3.OperationalError."""
     now = db.now() if now is None else now
-    with db.transaction(connection):
+    with write_lock.transaction(connection, lock_wait_secs):
         executions = connection.execute(
             """UPDATE executions SET status = 'stale', updated_at = ?
                WHERE status = 'running' AND updated_at < ? RETURNING *""",

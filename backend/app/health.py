@@ -50,7 +50,9 @@ def readiness() -> ResponseReturnValue:
         finally:
             connection.close()
     except sqlite3.Error as error:
-        return _not_ready(f"database {path} unavailable: {error}")
+        # Anyone can probe readiness: the path and SQLite's message are for the log only.
+        current_app.logger.warning("readiness: database %s unavailable: %s", path, error)
+        return _not_ready("database unavailable")
     if (problem := _schema_problem(version)) is not None:
         return _not_ready(problem)
     return jsonify(status="ready", schema_version=version, pid=os.getpid())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import sqlite3
 import time
 
+import gevent
 import pytest
 
 from app import db, jobs
@@ -62,6 +65,13 @@ def test_get_one_execution(client):
     assert client.get("/api/executions/999").status_code == 404
 
 
+@pytest.mark.parametrize("execution_id", ["99999999999999999999", str(2**63), str(2**63 - 1)])
+def test_an_id_beyond_sqlite_integers_is_404(client, execution_id):
+    response = client.get(f"/api/executions/{execution_id}")
+    assert response.status_code == 404
+    assert response.get_json() == {"error": f"no execution {execution_id}", "status": 404}
+
+
 def test_running_executions_become_stale_after_the_threshold(app, client):
     deliver(client, {}, guid="old")
     age(app, "executions", 901)
@@ -111,6 +121,48 @@ def test_old_events_are_pruned(app, client):
     finally:
         connection.close()
     assert tuple(kept) == (10000, 11)
+
+
+def test_marking_stale_waits_for_a_held_write_lock_without_blocking_other_greenlets(app):
+    path = app.config["AGENTED_DB_PATH"]
+    holder = sqlite3.connect(path, isolation_level=None)
+    connection = db.connect(path)
+    ticks: list[float] = []
+
+    def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            gevent.sleep(0.02)
+
+    ticker = gevent.spawn(tick)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+        job = gevent.spawn(mark_stale, connection, 900, 1800)
+        gevent.sleep(0.5)
+        holder.execute("ROLLBACK")
+        assert job.get(timeout=10) == 0  # done once the lock is free
+    finally:
+        ticker.kill()
+        connection.close()
+        holder.close()
+    longest_gap = max(b - a for a, b in itertools.pairwise(ticks))
+    assert longest_gap < 0.2, f"other greenlets were blocked for {longest_gap:.2f} s"
+
+
+def test_marking_stale_gives_up_on_a_lock_held_too_long_with_an_sqlite_error(app):
+    path = app.config["AGENTED_DB_PATH"]
+    holder = sqlite3.connect(path, isolation_level=None)
+    connection = db.connect(path)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        # An sqlite3.Error: the housekeeping job logs it and tries again later.
+        with pytest.raises(sqlite3.OperationalError):
+            mark_stale(connection, 900, 1800, lock_wait_secs=0.3)
+        assert time.monotonic() - started < 2.0
+    finally:
+        connection.close()
+        holder.close()
 
 
 def test_the_periodic_job_runs_in_the_background(tmp_path):

@@ -75,6 +75,35 @@ def test_not_ready_while_the_database_is_unreachable_then_ready_once_migrated(tm
     assert response.status_code == 200, response.get_json()
 
 
+def test_an_unavailable_database_is_detailed_in_the_log_only(tmp_path, caplog):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    path = blocker / "agented.db"
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "k",
+            "API_TOKEN": "t",
+            "BACKGROUND_JOBS": False,
+            "AGENTED_DB_PATH": str(path),
+        }
+    )
+    caplog.clear()
+    response = app.test_client().get("/health/readiness")
+    assert response.status_code == 503
+    # Anyone can probe readiness: the answer names no path and no SQLite error.
+    assert response.get_json() == {
+        "error": "database unavailable",
+        "status": 503,
+        "reason": "database unavailable",
+    }
+    [record] = [r for r in caplog.records if "readiness" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert str(path) in record.getMessage()
+    assert "unable to open database file" in record.getMessage()
+    assert "\n" not in record.getMessage()
+
+
 def older_database(path) -> None:
     """A database at schema version 1, as the previous release left it."""
     connection = sqlite3.connect(path, isolation_level=None)

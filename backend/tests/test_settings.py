@@ -33,8 +33,12 @@ NON_DEFAULTS = {
     "TZ": "Asia/Tokyo",
     "CORS_ALLOWED_ORIGINS": "https://app.example.com, http://localhost:5173",
     "AGENTED_DB_PATH": "(set by the test)",
+    "AGENTED_DB_LOCK_WAIT_SECS": "3",
     "GITHUB_WEBHOOK_SECRET": "webhook $ecret = 'x'",
     "GITHUB_WEBHOOK_MAX_BYTES": "2048",
+    "GITHUB_WEBHOOK_READ_TIMEOUT_SECS": "12",
+    "GITHUB_WEBHOOK_MEMORY_BUDGET_BYTES": "33554432",
+    "GITHUB_WEBHOOK_UNSIGNED_PER_CLIENT": "8",
     "ANTHROPIC_API_KEY": "sk-ant-test-key",
     "ANTHROPIC_API_BASE": "https://gateway.example.com/anthropic",
     "CLAUDE_PLUGIN_ROOT": "plugins",
@@ -610,6 +614,10 @@ wsgi_environ["wsgi.input"] = None
     }
 
 
+# Set by systemd for the service's main process, never by an operator: not configuration.
+SERVICE_MANAGER_VARIABLES = {"WATCHDOG_USEC", "WATCHDOG_PID"}
+
+
 def test_every_environment_variable_read_is_declared():
     sources = backend_sources()
     assert BACKEND_DIR / "gunicorn.conf.py" in sources
@@ -618,7 +626,7 @@ def test_every_environment_variable_read_is_declared():
         f"{path.relative_to(BACKEND_DIR)}: {name}"
         for path in sources
         for name in environment_names(path.read_text(encoding="utf-8"))
-        if name not in SETTINGS_BY_NAME
+        if name not in SETTINGS_BY_NAME and name not in SERVICE_MANAGER_VARIABLES
     }
     assert not undeclared, "declare these in app/settings/declarations.py"
 

@@ -168,6 +168,30 @@ def test_body_that_is_not_a_json_object_is_400(app, client, body):
     assert count(app, "deliveries") == 0
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"action": "\\ud800"}',
+        b'{"action": "opened", "repository": {"full_name": "o/\\udfff"}}',
+        b'{"issue": {"number": 9223372036854775808}, "repository": {"full_name": "o/r"}}',
+        b'{"pull_request": {"number": -9223372036854775809}, "repository": {"full_name": "o/r"}}',
+        b'{"issue": {"number": 1' + b"0" * 40 + b'}, "repository": {"full_name": "o/r"}}',
+    ],
+)
+def test_signed_payload_sqlite_cannot_store_is_400_not_500(app, client, body):
+    response = deliver(client, body=body, event="issues")
+    assert response.status_code == 400
+    assert response.get_json()["status"] == 400
+    assert (count(app, "deliveries"), count(app, "executions"), count(app, "events")) == (0, 0, 0)
+
+
+def test_the_largest_sqlite_integer_is_still_a_conversation_number(app, client):
+    payload = {"issue": {"number": 2**63 - 1}, "repository": {"full_name": "o/r"}}
+    assert deliver(client, payload, event="issues").status_code == 202
+    [conversation] = rows(app, "SELECT key, number FROM conversations")
+    assert conversation == {"key": f"o/r#{2**63 - 1}", "number": 2**63 - 1}
+
+
 def test_oversized_body_is_413_without_reading_it(app):
     limit = app.config["GITHUB_WEBHOOK_MAX_BYTES"]
     environ = EnvironBuilder(
@@ -230,3 +254,16 @@ def test_errors_are_json(client):
     assert response.status_code == 405
     assert response.get_json()["status"] == 405
     assert "POST" in response.headers["Allow"]
+
+
+def test_every_request_gives_back_its_budget_and_client_slot(app, client, monkeypatch):
+    limits = app.extensions["agented_webhook_limits"]
+    deliver(client, {"a": 1}, guid="ok")  # 202
+    deliver(client, {"a": 1}, guid="ok")  # 200, duplicate
+    deliver(client, {"a": 1}, secret="wrong")  # 401
+    deliver(client, body=b"[]")  # 400
+    monkeypatch.setattr(events, "record", lambda *_args: 1 / 0)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    assert deliver(client, {"a": 2}, guid="fails").status_code == 500
+    assert limits.budget.used == 0
+    assert limits.unsigned.in_flight("127.0.0.1") == 0

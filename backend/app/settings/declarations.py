@@ -93,6 +93,17 @@ SETTINGS: tuple[Setting, ...] = (
         .secret_key and .api_token. The default resolves to backend/agented.db; deployments point
         it at a state directory such as /var/lib/agented/agented.db.""",
     ),
+    _setting(
+        name="AGENTED_DB_LOCK_WAIT_SECS",
+        section="Database",
+        kind="int",
+        default="5",
+        description="""Seconds a webhook delivery waits for the database's write lock while
+        another connection holds it. The worker keeps serving meanwhile; past it the delivery
+        gets 503 with Retry-After, and is not stored, so it can be redelivered.""",
+        minimum=1,
+        maximum=60,
+    ),
     # --- GitHub ---
     _setting(
         name="GITHUB_WEBHOOK_SECRET",
@@ -112,6 +123,42 @@ SETTINGS: tuple[Setting, ...] = (
         Larger deliveries get 413 without the body being read.""",
         minimum=1024,
         maximum=1073741824,
+    ),
+    _setting(
+        name="GITHUB_WEBHOOK_READ_TIMEOUT_SECS",
+        section="GitHub",
+        kind="int",
+        default="30",
+        description="""Seconds a client gets to send a whole webhook body. A body not complete by
+        then is answered 408 and its connection closed, so a slow or stalled client cannot hold
+        a worker's memory and connection indefinitely.""",
+        minimum=1,
+        maximum=3600,
+    ),
+    _setting(
+        name="GITHUB_WEBHOOK_MEMORY_BUDGET_BYTES",
+        section="GitHub",
+        kind="int",
+        default="67108864",
+        description="""Bytes of webhook bodies one worker holds in memory at once, across all
+        its requests (default 64 MiB). While its signature is checked a body takes 768 KiB of it
+        at most (the rest is spooled to a temporary file in TMPDIR); only a verified body is
+        read whole into memory. Beyond the budget a delivery gets 503 with Retry-After. Keep it at
+        least GITHUB_WEBHOOK_MAX_BYTES, or the largest deliveries are always refused.""",
+        minimum=1048576,
+        maximum=68719476736,
+    ),
+    _setting(
+        name="GITHUB_WEBHOOK_UNSIGNED_PER_CLIENT",
+        section="GitHub",
+        kind="int",
+        default="4",
+        description="""Webhook bodies one client address may have in flight at once, per
+        worker, before their signature is verified; more get 429 with Retry-After. Behind a
+        reverse proxy every client has the proxy's address (forwarding headers are not
+        trusted): raise it there.""",
+        minimum=1,
+        maximum=100000,
     ),
     # --- AI/LLM ---
     _setting(
