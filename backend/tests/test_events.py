@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from app import db, events, lifecycle
+from app.factory import create_app
 from helpers import deliver, parse_sse
 
 
@@ -220,3 +221,21 @@ def test_a_burst_larger_than_the_buffer_reaches_every_stream(app, open_stream):
         while len(received) < len(created):
             received += ids(stream.next())
         assert received == created
+
+
+def test_an_error_before_the_stream_starts_is_a_json_500(tmp_path, caplog):
+    app = create_app(
+        {
+            "TESTING": True,
+            "PROPAGATE_EXCEPTIONS": False,  # as in production, not as in tests
+            "SECRET_KEY": "k",
+            "BACKGROUND_JOBS": False,
+            # A directory that does not exist: the database cannot be opened.
+            "AGENTED_DB_PATH": str(tmp_path / "missing" / "agented.db"),
+        }
+    )
+    response = app.test_client().get("/api/events", headers={"Last-Event-ID": "0"})
+    assert response.status_code == 500
+    assert response.content_type == "application/json"
+    assert response.get_json() == {"error": response.get_json()["error"], "status": 500}
+    assert "unable to open database file" in caplog.text  # the detail only in the log
