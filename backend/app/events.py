@@ -73,6 +73,9 @@ PAGE_READERS = 4
 SEND_BUFFER_BYTES = 65536
 # Rows read by the poller in one query.
 BATCH_SIZE = 500
+# Longest pause of the poller between two attempts after a failure (it doubles from
+# SSE_POLL_INTERVAL_MS up to this).
+RETRY_MAX_SECS = 5.0
 _LAST_EVENT_ID_RE = re.compile(r"[0-9]{1,18}")
 
 
@@ -226,8 +229,31 @@ class Hub:
             self._polling = False
             self._broadcast()
 
+    def _read_new(self, connection: sqlite3.Connection, last_id: int) -> int:
+        """Buffer the events after ``last_id`` and wake the streams; returns how many."""
+        rows = connection.execute(
+            "SELECT id, type, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (last_id, BATCH_SIZE),
+        ).fetchall()
+        # Encoded before the buffer changes, so a failure leaves it as it was.
+        new = [Event(row[0], encode(*row)) for row in rows]
+        if new:
+            with self._lock:
+                for event in new:
+                    if len(self._buffer) == BUFFER_SIZE:
+                        self._floor = self._buffer[0].id
+                    self._buffer.append(event)
+                self._last_id = new[-1].id
+                self._broadcast()
+        return len(new)
+
     def _poll(self) -> None:
-        connection = db.connect(self._db_path)
+        """Poll until the process stops or the last stream leaves. A failure (the database
+        cannot be opened, a query fails, anything unexpected) is logged once, then the poller
+        backs off and tries again, with a new connection, until it works: it never gives up
+        while streams wait, since no stream of this process would get an event again."""
+        connection: sqlite3.Connection | None = None
+        backoff = 0.0  # seconds to wait after a failure; 0 while polls succeed
         try:
             while True:
                 if self._is_stopping():
@@ -238,33 +264,36 @@ class Hub:
                         self._polling = False
                         return
                     last_id = self._last_id
-                self._disconnect_stuck_streams()
                 try:
-                    rows = connection.execute(
-                        "SELECT id, type, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                        (last_id, BATCH_SIZE),
-                    ).fetchall()
-                except sqlite3.Error as error:
-                    log.warning("reading new events failed: %s", error)
-                    rows = []
-                if rows:
-                    with self._lock:
-                        for row in rows:
-                            if len(self._buffer) == BUFFER_SIZE:
-                                self._floor = self._buffer[0].id
-                            self._buffer.append(Event(row[0], encode(*row)))
-                        self._last_id = rows[-1][0]
-                        self._broadcast()
-                if len(rows) < BATCH_SIZE:
+                    self._disconnect_stuck_streams()
+                    if connection is None:
+                        connection = db.connect(self._db_path)
+                    count = self._read_new(connection, last_id)
+                except Exception as error:
+                    if not backoff:  # the first failure of a series: log it, once
+                        if isinstance(error, sqlite3.Error):
+                            log.warning("reading new events failed, retrying: %s", error)
+                        else:
+                            log.exception("event poller failed, retrying")
+                    if connection is not None:
+                        with contextlib.suppress(sqlite3.Error):
+                            connection.close()
+                        connection = None
+                    backoff = min(RETRY_MAX_SECS, max(self._poll_interval, backoff * 2))
+                    self._poke.wait(backoff)  # a stop pokes: it is still seen at once
+                    self._poke.clear()
+                    continue
+                if backoff:
+                    log.warning("reading new events works again")
+                    backoff = 0.0
+                if count < BATCH_SIZE:
                     self._poke.wait(self._poll_interval)
                     self._poke.clear()
                 else:
                     time.sleep(0)  # a burst: let the streams take this batch first
-        except Exception:
-            log.exception("event poller failed")
-            self._close()
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
 
 
 def get_hub(app: Flask | None = None) -> Hub:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -239,3 +240,59 @@ def test_an_error_before_the_stream_starts_is_a_json_500(tmp_path, caplog):
     assert response.content_type == "application/json"
     assert response.get_json() == {"error": response.get_json()["error"], "status": 500}
     assert "unable to open database file" in caplog.text  # the detail only in the log
+
+
+def fail_in_the_poller(monkeypatch, module, name: str, times: int, error: Exception) -> list:
+    """Make ``module.name`` raise ``error`` the first ``times`` times the poller calls it;
+    returns the list of failures injected so far."""
+    original = getattr(module, name)
+    failures: list = []
+
+    def failing(*args, **kwargs):
+        if threading.current_thread().name == "sse-poller" and len(failures) < times:
+            failures.append(error)
+            raise error
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, failing)
+    return failures
+
+
+def receive_ids(stream: Stream, wanted: list[int], timeout: float = 5) -> list[int]:
+    received: list[int] = []
+    deadline = time.monotonic() + timeout
+    while not set(wanted) <= set(received) and time.monotonic() < deadline:
+        try:
+            received += ids(stream.next())
+        except StopIteration:
+            break  # the stream ended
+    return received
+
+
+def test_the_poller_retries_when_it_cannot_open_the_database(app, open_stream, monkeypatch):
+    failures = fail_in_the_poller(
+        monkeypatch, db, "connect", 3, sqlite3.OperationalError("unable to open database file")
+    )
+    stream = open_stream()
+    stream.next()
+    created = add_events(app, 2)
+    events.notify(app)
+    assert receive_ids(stream, created) == created
+    assert len(failures) == 3
+
+
+def test_an_unexpected_error_in_one_poll_is_logged_once_and_polling_goes_on(
+    app, open_stream, monkeypatch, caplog
+):
+    failures = fail_in_the_poller(monkeypatch, events, "encode", 2, RuntimeError("surprise"))
+    streams = [open_stream() for _ in range(3)]
+    for stream in streams:
+        stream.next()
+    created = add_events(app, 2)
+    events.notify(app)
+    for stream in streams:
+        assert receive_ids(stream, created) == created
+    assert len(failures) == 2
+    assert not events.get_hub(app).closed
+    [logged] = [r for r in caplog.records if r.name == "app.events" and r.levelname == "ERROR"]
+    assert logged.exc_info is not None and "surprise" in str(logged.exc_info[1])
