@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from . import db, lifecycle
+from . import cooperative, db, lifecycle
 
 bp = Blueprint("events", __name__, url_prefix="/api")
 log = logging.getLogger(__name__)
@@ -398,7 +398,7 @@ def stream(
         subscription.writing_since = None
         # A write to a client that keeps up returns without switching greenlets: give the
         # others (and the poller) their turn between pages.
-        time.sleep(0)
+        cooperative.pause()
 
     def send_replay(replay: Replay, first: bytes = b"") -> Iterator[bytes]:
         chunk, cursor = first + replay.note, replay.after

@@ -133,8 +133,11 @@ def test_non_reading_replay_clients_are_bounded_and_do_not_stall_the_worker(guni
     clients: list[socket.socket] = []
     peak = baseline
     try:
+        # A crowd arriving over half a second. (All within a millisecond, the worker handles
+        # the 100 requests back to back, about 1 ms each, whatever the replay does.)
         for _ in range(CLIENTS):
             clients.append(open_non_reader(server.port))
+            time.sleep(0.005)
         deadline = time.monotonic() + 2.5  # within the write timeout: all still connected
         while time.monotonic() < deadline:
             peak = max(peak, rss_mb(worker))
@@ -160,6 +163,7 @@ def test_non_reading_replay_clients_are_bounded_and_do_not_stall_the_worker(guni
     )
     assert peak - baseline < 60
     assert p99 < 0.1
+    assert worst < 0.25  # no single long stall (one replay in one query stalled 2.5 s)
     assert ended == CLIENTS
 
 
