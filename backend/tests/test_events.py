@@ -296,3 +296,41 @@ def test_an_unexpected_error_in_one_poll_is_logged_once_and_polling_goes_on(
     assert not events.get_hub(app).closed
     [logged] = [r for r in caplog.records if r.name == "app.events" and r.levelname == "ERROR"]
     assert logged.exc_info is not None and "surprise" in str(logged.exc_info[1])
+
+
+def test_a_long_replay_is_read_and_sent_in_pages(app, open_stream, monkeypatch):
+    app.config["SSE_REPLAY_LIMIT"] = 1000
+    created = add_events(app, 2 * events.PAGE_SIZE + 50)
+    queries: list[str] = []
+    connect = db.connect
+
+    def counting_connect(path):
+        connection = connect(path)
+        connection.set_trace_callback(queries.append)
+        return connection
+
+    monkeypatch.setattr(db, "connect", counting_connect)
+    stream = open_stream("0")
+    chunks = []
+    received: list[int] = []
+    while len(received) < len(created):
+        chunks.append(ids(stream.next()))
+        received += chunks[-1]
+    assert received == created
+    assert [len(chunk) for chunk in chunks] == [events.PAGE_SIZE, events.PAGE_SIZE, 50]
+    pages = [q for q in queries if "ORDER BY id LIMIT" in q and "id <=" in q]
+    assert len(pages) == 3
+
+
+def test_a_replay_after_pruned_events_says_where_it_resumes(app, open_stream):
+    created = add_events(app, 6)
+    connection = db.connect(app.config["AGENTED_DB_PATH"])
+    connection.execute("DELETE FROM events WHERE id <= ?", (created[2],))
+    connection.close()
+    replay = open_stream(str(created[0])).next()
+    [truncated] = [m for m in replay if m.get("event") == "replay-truncated"]
+    assert json.loads(truncated["data"]) == {
+        "last_event_id": created[0],
+        "resumes_after": created[2],
+    }
+    assert ids(replay) == created[3:]
