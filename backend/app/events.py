@@ -402,7 +402,9 @@ def stream(
 
     def send_replay(replay: Replay, first: bytes = b"") -> Iterator[bytes]:
         chunk, cursor = first + replay.note, replay.after
-        while cursor < replay.newest and not subscription.disconnected:
+        # A stopping process ends its streams at once, even in the middle of a replay: the
+        # client resumes on a live worker with Last-Event-ID.
+        while cursor < replay.newest and not subscription.disconnected and not hub.closed:
             with hub.page_readers:
                 page = read_page(db_path, cursor, replay.newest)
             if not page:

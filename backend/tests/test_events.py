@@ -334,3 +334,22 @@ def test_a_replay_after_pruned_events_says_where_it_resumes(app, open_stream):
         "resumes_after": created[2],
     }
     assert ids(replay) == created[3:]
+
+
+def test_a_long_replay_ends_when_the_process_shuts_down(app, open_stream):
+    app.config["SSE_REPLAY_LIMIT"] = 10 * events.PAGE_SIZE
+    add_events(app, 10 * events.PAGE_SIZE)
+    alive = threading.Event()
+    alive.set()
+    lifecycle.get(app).attach(alive.is_set)
+    stream = open_stream("0")
+    assert len(ids(stream.next())) == events.PAGE_SIZE
+    alive.clear()
+    lifecycle.get(app).stopped()
+    hub = events.get_hub(app)
+    deadline = time.monotonic() + 2
+    while not hub.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert hub.closed
+    rest = list(stream.chunks)  # the stream ends without the other nine pages
+    assert len(rest) <= 1
