@@ -17,9 +17,11 @@ decimal number, or that is ahead of the newest event (e.g. from before a databas
 ignored: no replay, the stream starts with the next new event. It is never an error.
 
 Hostile or stuck clients: a replay or a catch-up is read and sent in pages of PAGE_SIZE
-events, one short query per page, and the stream yields to the other greenlets between
-pages, so no client holds the event loop long nor more than about a page of unsent data in
-memory (a client that does not read blocks in the write of its current page). A stream whose
+events, one short query per page, at most PAGE_READERS streams of a process reading a page
+at once, and the stream pauses between pages (app.cooperative), so no client holds the event
+loop long nor more than about a page of unsent data in memory (a client that does not read
+blocks in the write of its current page, and the kernel's send buffer of its connection is
+bounded to SEND_BUFFER_BYTES). A stream whose
 write has waited SSE_WRITE_TIMEOUT_SECS for the client to take it is disconnected by the
 poller: its connection is shut down, the blocked write fails and the stream ends; the client
 can reconnect and resume with Last-Event-ID.

@@ -4,7 +4,7 @@ Started by the first request a process serves rather than at import, so that pro
 which never serve (the reloader's parent in ``run.py --debug``, test apps) run nothing.
 Under the gevent worker the thread is a greenlet, and every sqlite3 call blocks the whole
 worker: old events are therefore pruned in batches of PRUNE_BATCH rows, one short
-transaction each, yielding to the other greenlets in between, so even a large backlog (the
+transaction each, with a short pause in between (app.cooperative), so even a large backlog (the
 first sweep after a long stop) never holds the event loop for long.
 """
 
