@@ -15,15 +15,31 @@ at most the SSE_REPLAY_LIMIT newest of them; if some were skipped (over the limi
 a ``replay-truncated`` event says so before the replay. A Last-Event-ID that is not a plain
 decimal number, or that is ahead of the newest event (e.g. from before a database reset), is
 ignored: no replay, the stream starts with the next new event. It is never an error.
+
+Hostile or stuck clients: a replay or a catch-up is read and sent in pages of PAGE_SIZE
+events, one short query per page, at most PAGE_READERS streams of a process reading a page
+at once, and the stream pauses between pages (app.cooperative), so no client holds the event
+loop long nor more than about a page of unsent data in memory (a client that does not read
+blocks in the write of its current page, and the kernel's send buffer of its connection is
+bounded to SEND_BUFFER_BYTES). A stream whose
+write has waited SSE_WRITE_TIMEOUT_SECS for the client to take it is disconnected by the
+poller: its connection is shut down, the blocked write fails and the stream ends; the client
+can reconnect and resume with Last-Event-ID.
+
+Everything that can fail before the first byte (opening the database, reading where the
+replay starts) happens in the view, before the response starts, so such an error is an
+ordinary JSON error answer (app.errors), not an HTML page from Gunicorn.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -32,7 +48,7 @@ from typing import NamedTuple
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from . import db, lifecycle
+from . import cooperative, db, lifecycle
 
 bp = Blueprint("events", __name__, url_prefix="/api")
 log = logging.getLogger(__name__)
@@ -43,10 +59,25 @@ RETRY_MS = 2000
 # Events each process keeps in memory for subscribers that are a little behind. One that
 # falls further behind (a slow client, a burst of events) catches up from the database.
 BUFFER_SIZE = 1024
-# Most events a lagging stream reads back from the database at once.
+# Most events a lagging stream reads back from the database when it catches up.
 CATCH_UP_LIMIT = 10000
+# Events per query and per write of a replay or catch-up: bounds the time one query holds
+# the event loop and the unsent bytes a stream keeps in memory.
+PAGE_SIZE = 100
+# Streams reading a page from the database at the same time, per process: the global budget
+# that keeps a crowd of replays from filling every turn of the event loop. The others wait
+# their turn, so other requests (liveness) wait for a few pages at most, not one per stream.
+PAGE_READERS = 4
+# Kernel send buffer of an event stream's connection (Linux doubles it). Without it, Linux
+# grows the buffer up to net.ipv4.tcp_wmem's maximum (4 MiB by default) for a client that
+# reads nothing, so a whole replay sits there per connection and the write deadline never
+# comes. This still carries hundreds of events per round trip.
+SEND_BUFFER_BYTES = 65536
 # Rows read by the poller in one query.
 BATCH_SIZE = 500
+# Longest pause of the poller between two attempts after a failure (it doubles from
+# SSE_POLL_INTERVAL_MS up to this).
+RETRY_MAX_SECS = 5.0
 _LAST_EVENT_ID_RE = re.compile(r"[0-9]{1,18}")
 
 
@@ -71,12 +102,47 @@ def newest_id(connection: sqlite3.Connection) -> int:
     return connection.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
 
+class Subscription:
+    """One open stream, as the hub sees it: whether a write to its client is pending, since
+    when, and the socket to shut down when the client stops reading."""
+
+    __slots__ = ("disconnected", "socket", "writing_since")
+
+    def __init__(self, client_socket: socket.socket | None):
+        self.socket = client_socket
+        self.writing_since: float | None = None
+        self.disconnected = False
+
+    def disconnect(self) -> None:
+        """End the stream from outside: its blocked write fails and the server closes it."""
+        self.disconnected = True
+        if self.socket is None:
+            return
+        # Shut down a duplicate of the descriptor, not the server's socket object: gevent's
+        # shutdown() would cancel the blocked write with EBADF, which Gunicorn logs as an
+        # error with a traceback. The kernel-level shutdown instead makes that write fail
+        # with EPIPE, which Gunicorn treats as an ordinary client disconnect.
+        with contextlib.suppress(OSError):
+            duplicate = socket.fromfd(self.socket.fileno(), self.socket.family, self.socket.type)
+            try:
+                duplicate.shutdown(socket.SHUT_RDWR)
+            finally:
+                duplicate.close()
+
+
 class Hub:
     """Per-process fan-out of new rows of the events table to the open streams."""
 
-    def __init__(self, db_path: str, poll_interval: float, is_stopping: Callable[[], bool]):
+    def __init__(
+        self,
+        db_path: str,
+        poll_interval: float,
+        is_stopping: Callable[[], bool],
+        write_timeout: float = 30.0,
+    ):
         self._db_path = db_path
         self._poll_interval = poll_interval
+        self._write_timeout = write_timeout
         self._is_stopping = is_stopping
         self._lock = threading.Lock()
         self._wake = threading.Event()  # replaced by a fresh one at every broadcast
@@ -84,35 +150,36 @@ class Hub:
         self._buffer: collections.deque[Event] = collections.deque(maxlen=BUFFER_SIZE)
         self._floor = 0  # the buffer holds every event after this id
         self._last_id = 0  # the newest event read by the poller
-        self._subscribers = 0
+        self._streams: set[Subscription] = set()
+        self.page_readers = threading.BoundedSemaphore(PAGE_READERS)
         self._polling = False
         self.closed = False
 
     @property
     def subscribers(self) -> int:
-        return self._subscribers
+        return len(self._streams)
 
-    def subscribe(self) -> int | None:
-        """Register a stream; returns the id after which the hub will deliver everything, or
-        None when the process is shutting down. The poller runs while anyone subscribes."""
+    def subscribe(
+        self, newest: int, client_socket: socket.socket | None = None
+    ) -> Subscription | None:
+        """Register a stream that has read the database up to event ``newest``, or return
+        None when the process is shutting down. The poller runs while anyone subscribes;
+        when it starts, it delivers everything after ``newest``."""
         with self._lock:
             if self.closed:
                 return None
             if not self._polling:
-                connection = db.connect(self._db_path)
-                try:
-                    self._last_id = self._floor = newest_id(connection)
-                finally:
-                    connection.close()
+                self._last_id = self._floor = newest
                 self._buffer.clear()
                 self._polling = True
                 threading.Thread(target=self._poll, name="sse-poller", daemon=True).start()
-            self._subscribers += 1
-            return self._last_id
+            subscription = Subscription(client_socket)
+            self._streams.add(subscription)
+            return subscription
 
-    def unsubscribe(self) -> None:
+    def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
-            self._subscribers -= 1
+            self._streams.discard(subscription)
 
     def poke(self) -> None:
         """Read new events now rather than at the next poll (this process just wrote one)."""
@@ -136,6 +203,24 @@ class Hub:
         newer.reverse()
         return newer
 
+    def _disconnect_stuck_streams(self) -> None:
+        """Disconnect the streams whose client has not taken a write for write_timeout."""
+        limit = time.monotonic() - self._write_timeout
+        with self._lock:
+            stuck = [
+                stream
+                for stream in self._streams
+                if not stream.disconnected
+                and stream.writing_since is not None
+                and stream.writing_since < limit
+            ]
+        for stream in stuck:
+            log.info(
+                "disconnecting an event stream whose client read nothing for %g s",
+                self._write_timeout,
+            )
+            stream.disconnect()
+
     def _broadcast(self) -> None:
         wake, self._wake = self._wake, threading.Event()
         wake.set()
@@ -146,44 +231,71 @@ class Hub:
             self._polling = False
             self._broadcast()
 
+    def _read_new(self, connection: sqlite3.Connection, last_id: int) -> int:
+        """Buffer the events after ``last_id`` and wake the streams; returns how many."""
+        rows = connection.execute(
+            "SELECT id, type, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (last_id, BATCH_SIZE),
+        ).fetchall()
+        # Encoded before the buffer changes, so a failure leaves it as it was.
+        new = [Event(row[0], encode(*row)) for row in rows]
+        if new:
+            with self._lock:
+                for event in new:
+                    if len(self._buffer) == BUFFER_SIZE:
+                        self._floor = self._buffer[0].id
+                    self._buffer.append(event)
+                self._last_id = new[-1].id
+                self._broadcast()
+        return len(new)
+
     def _poll(self) -> None:
-        connection = db.connect(self._db_path)
+        """Poll until the process stops or the last stream leaves. A failure (the database
+        cannot be opened, a query fails, anything unexpected) is logged once, then the poller
+        backs off and tries again, with a new connection, until it works: it never gives up
+        while streams wait, since no stream of this process would get an event again."""
+        connection: sqlite3.Connection | None = None
+        backoff = 0.0  # seconds to wait after a failure; 0 while polls succeed
         try:
             while True:
                 if self._is_stopping():
                     self._close()
                     return
                 with self._lock:
-                    if self._subscribers <= 0:
+                    if not self._streams:
                         self._polling = False
                         return
                     last_id = self._last_id
                 try:
-                    rows = connection.execute(
-                        "SELECT id, type, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                        (last_id, BATCH_SIZE),
-                    ).fetchall()
-                except sqlite3.Error as error:
-                    log.warning("reading new events failed: %s", error)
-                    rows = []
-                if rows:
-                    with self._lock:
-                        for row in rows:
-                            if len(self._buffer) == BUFFER_SIZE:
-                                self._floor = self._buffer[0].id
-                            self._buffer.append(Event(row[0], encode(*row)))
-                        self._last_id = rows[-1][0]
-                        self._broadcast()
-                if len(rows) < BATCH_SIZE:
+                    self._disconnect_stuck_streams()
+                    if connection is None:
+                        connection = db.connect(self._db_path)
+                    count = self._read_new(connection, last_id)
+                except Exception as error:
+                    if not backoff:  # the first failure of a series: log it, once
+                        if isinstance(error, sqlite3.Error):
+                            log.warning("reading new events failed, retrying: %s", error)
+                        else:
+                            log.exception("event poller failed, retrying")
+                    if connection is not None:
+                        with contextlib.suppress(sqlite3.Error):
+                            connection.close()
+                        connection = None
+                    backoff = min(RETRY_MAX_SECS, max(self._poll_interval, backoff * 2))
+                    self._poke.wait(backoff)  # a stop pokes: it is still seen at once
+                    self._poke.clear()
+                    continue
+                if backoff:
+                    log.warning("reading new events works again")
+                    backoff = 0.0
+                if count < BATCH_SIZE:
                     self._poke.wait(self._poll_interval)
                     self._poke.clear()
                 else:
                     time.sleep(0)  # a burst: let the streams take this batch first
-        except Exception:
-            log.exception("event poller failed")
-            self._close()
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
 
 
 def get_hub(app: Flask | None = None) -> Hub:
@@ -196,6 +308,7 @@ def init_app(app: Flask) -> None:
         app.config["AGENTED_DB_PATH"],
         app.config["SSE_POLL_INTERVAL_MS"] / 1000,
         lambda: state.stopping,
+        app.config["SSE_WRITE_TIMEOUT_SECS"],
     )
     state.when_stopping(hub.poke)  # the poller sees the stop and ends the streams at once
     app.extensions[EXTENSION] = hub
@@ -208,82 +321,150 @@ def parse_last_event_id(value: str | None) -> int | None:
     return int(value)
 
 
-def _replay(
-    connection: sqlite3.Connection,
-    last_event_id: int | None,
-    limit: int,
-) -> tuple[list[bytes], int]:
-    """The frames a (re)connecting client gets first, and the id it is then current with."""
+class Replay(NamedTuple):
+    """What a (re)connecting or lagging stream reads from the database: the frame saying
+    that events were skipped (or b""), then the events after ``after`` up to ``newest``."""
+
+    note: bytes
+    after: int
+    newest: int
+
+
+def plan_replay(connection: sqlite3.Connection, last_event_id: int | None, limit: int) -> Replay:
+    """Where a replay after ``last_event_id`` starts, with at most ``limit`` events. A few
+    index lookups, whatever the size of the backlog: the stream then reads the events
+    themselves page by page (:func:`read_page`)."""
     newest = newest_id(connection)
     if last_event_id is None or last_event_id >= newest:
-        return [], newest  # nothing missed, or an id from the future: ignore it
-    rows = connection.execute(
-        "SELECT id, type, data FROM events WHERE id > ? AND id <= ? ORDER BY id DESC LIMIT ?",
-        (last_event_id, newest, limit),
-    ).fetchall()
-    rows.reverse()
-    frames = []
-    first_replayed = rows[0][0] if rows else newest + 1
-    if first_replayed > last_event_id + 1:
-        note = {"last_event_id": last_event_id, "resumes_after": first_replayed - 1}
-        frames.append(f"event: replay-truncated\ndata: {json.dumps(note)}\n\n".encode())
-    frames += [encode(*row) for row in rows]
-    return frames, newest
+        return Replay(b"", newest, newest)  # nothing missed, or an id from the future
+    # Ids are never reused, so the newest ``limit`` events all lie above newest - limit.
+    after = max(last_event_id, newest - limit)
+    first = connection.execute(
+        "SELECT coalesce(min(id), ?) FROM events WHERE id > ?", (newest + 1, last_event_id)
+    ).fetchone()[0]
+    after = max(after, first - 1)  # events before the first one left were pruned
+    note = b""
+    if after > last_event_id:
+        skipped = {"last_event_id": last_event_id, "resumes_after": after}
+        note = f"event: replay-truncated\ndata: {json.dumps(skipped)}\n\n".encode()
+    return Replay(note, after, newest)
 
 
-def _read_from_database(
-    db_path: str, last_event_id: int | None, limit: int
-) -> tuple[list[bytes], int]:
+def read_page(db_path: str, after: int, newest: int) -> list[Event]:
+    """At most PAGE_SIZE events after ``after`` up to ``newest``: one short query."""
+    connection = db.connect(db_path)
+    connection.row_factory = None  # plain tuples: several times cheaper than sqlite3.Row
+    try:
+        rows = connection.execute(
+            "SELECT id, type, data FROM events WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+            (after, newest, PAGE_SIZE),
+        ).fetchall()
+    finally:
+        connection.close()
+    return [Event(row[0], encode(*row)) for row in rows]
+
+
+def read_replay(db_path: str, last_event_id: int | None, limit: int) -> Replay:
     connection = db.connect(db_path)
     try:
-        return _replay(connection, last_event_id, limit)
+        return plan_replay(connection, last_event_id, limit)
     finally:
         connection.close()
 
 
+def _pages(events: list[Event]) -> Iterator[list[Event]]:
+    for start in range(0, len(events), PAGE_SIZE):
+        yield events[start : start + PAGE_SIZE]
+
+
 def stream(
-    hub: Hub, db_path: str, last_event_id: int | None, replay_limit: int, heartbeat: float
+    hub: Hub,
+    db_path: str,
+    replay: Replay,
+    heartbeat: float,
+    client_socket: socket.socket | None = None,
 ) -> Iterator[bytes]:
-    """The body of one event stream. All work happens on iteration, so a response that is
-    never iterated leaves nothing registered."""
+    """The body of one event stream, starting with ``replay``. All work happens on
+    iteration, so a response that is never iterated leaves nothing registered."""
     preamble = f"retry: {RETRY_MS}\n: agented event stream, pid {os.getpid()}\n\n".encode()
-    if hub.subscribe() is None:
+    subscription = hub.subscribe(replay.newest, client_socket)
+    if subscription is None:
         yield preamble  # shutting down: the client reconnects to a live worker
         return
+
+    def send(chunk: bytes) -> Iterator[bytes]:
+        # The server writes what is yielded before it asks for more: a write is pending
+        # from the yield until the generator resumes. The poller watches that time.
+        subscription.writing_since = time.monotonic()
+        yield chunk
+        subscription.writing_since = None
+        # A write to a client that keeps up returns without switching greenlets: give the
+        # others (and the poller) their turn between pages.
+        cooperative.pause()
+
+    def send_replay(replay: Replay, first: bytes = b"") -> Iterator[bytes]:
+        chunk, cursor = first + replay.note, replay.after
+        # A stopping process ends its streams at once, even in the middle of a replay: the
+        # client resumes on a live worker with Last-Event-ID.
+        while cursor < replay.newest and not subscription.disconnected and not hub.closed:
+            with hub.page_readers:
+                page = read_page(db_path, cursor, replay.newest)
+            if not page:
+                break
+            cursor = page[-1].id
+            yield from send(chunk + b"".join(event.frame for event in page))
+            chunk = b""
+        if chunk:
+            yield from send(chunk)
+
     try:
-        frames, cursor = _read_from_database(db_path, last_event_id, replay_limit)
-        yield preamble + b"".join(frames)
-        while True:
+        yield from send_replay(replay, preamble)
+        cursor = replay.newest
+        while not subscription.disconnected:
             waiter = hub.waiter()
             events = hub.after(cursor)
             if events is None:  # behind what the hub still holds: catch up from the database
-                frames, cursor = _read_from_database(db_path, cursor, CATCH_UP_LIMIT)
-                if frames:
-                    yield b"".join(frames)
+                replay = read_replay(db_path, cursor, CATCH_UP_LIMIT)
+                yield from send_replay(replay)
+                cursor = replay.newest
                 continue
-            if events:
-                cursor = events[-1].id
-                yield b"".join(event.frame for event in events)
+            for page in _pages(events):
+                cursor = page[-1].id
+                yield from send(b"".join(event.frame for event in page))
             if hub.closed:
                 return
             if not waiter.wait(heartbeat) and not hub.closed:
-                yield b": heartbeat\n\n"
+                yield from send(b": heartbeat\n\n")
     finally:
-        hub.unsubscribe()
+        hub.unsubscribe(subscription)
+
+
+def _client_socket() -> socket.socket | None:
+    """The connection's socket, where the server tells (Gunicorn, werkzeug's dev server),
+    with its send buffer bounded."""
+    for key in ("gunicorn.socket", "werkzeug.socket"):
+        candidate = request.environ.get(key)
+        if candidate is not None and hasattr(candidate, "shutdown"):
+            with contextlib.suppress(OSError):
+                candidate.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            return candidate
+    return None
 
 
 @bp.get("/events")
 def events() -> Response:
     config = current_app.config
-    # Not wrapped in stream_with_context: the stream needs nothing from the request, and
-    # holding the request context would keep its resources for the life of the stream.
-    body = stream(
-        get_hub(),
-        config["AGENTED_DB_PATH"],
+    db_path = config["AGENTED_DB_PATH"]
+    # Read where the replay starts here, before the response: an error (database
+    # unavailable) is then an ordinary JSON error answer, not a stream cut off at its start.
+    replay = read_replay(
+        db_path,
         parse_last_event_id(request.headers.get("Last-Event-ID")),
         config["SSE_REPLAY_LIMIT"],
-        config["SSE_HEARTBEAT_SECS"],
     )
+    # Not wrapped in stream_with_context: the stream needs nothing from the request, and
+    # holding the request context would keep its resources for the life of the stream.
+    body = stream(get_hub(), db_path, replay, config["SSE_HEARTBEAT_SECS"], _client_socket())
     return Response(
         body,
         mimetype="text/event-stream",

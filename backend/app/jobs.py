@@ -2,19 +2,23 @@
 
 Started by the first request a process serves rather than at import, so that processes
 which never serve (the reloader's parent in ``run.py --debug``, test apps) run nothing.
-Under the gevent worker the thread is a greenlet.
+Under the gevent worker the thread is a greenlet, and every sqlite3 call blocks the whole
+worker: old events are therefore pruned in batches of PRUNE_BATCH rows, one short
+transaction each, with a short pause in between (app.cooperative), so even a large backlog (the
+first sweep after a long stop) never holds the event loop for long.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
 
 from flask import Flask
 
-from . import db, events, lifecycle
-from .executions import mark_stale
+from . import cooperative, db, events, lifecycle
+from .executions import EVENTS_KEPT, mark_stale
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,8 @@ EXTENSION = "agented_jobs"
 _start_lock = threading.Lock()
 # Longest pause between two sweeps; shorter when a threshold is short.
 MAX_INTERVAL_SECS = 60.0
+# Events deleted per statement (and transaction) when pruning.
+PRUNE_BATCH = 500
 
 
 def interval(app: Flask) -> float:
@@ -32,6 +38,24 @@ def interval(app: Flask) -> float:
     return min(MAX_INTERVAL_SECS, max(1.0, shortest / 10))
 
 
+def prune_events(connection: sqlite3.Connection, keep: int) -> int:
+    """Delete the events older than the newest ``keep``, PRUNE_BATCH at a time; returns how
+    many were deleted."""
+    deleted = 0
+    while True:
+        with db.transaction(connection):
+            count = connection.execute(
+                """DELETE FROM events WHERE id IN (
+                       SELECT id FROM events WHERE id <= (SELECT max(id) FROM events) - ?
+                       ORDER BY id LIMIT ?)""",
+                (keep, PRUNE_BATCH),
+            ).rowcount
+        deleted += count
+        if count < PRUNE_BATCH:
+            return deleted
+        cooperative.pause()  # let requests and streams run between two batches
+
+
 def sweep(app: Flask) -> int:
     connection = db.connect(app.config["AGENTED_DB_PATH"])
     try:
@@ -39,8 +63,11 @@ def sweep(app: Flask) -> int:
             connection,
             app.config["STALE_EXECUTION_THRESHOLD_SECS"],
             app.config["STALE_CONVERSATION_THRESHOLD_SECS"],
-            keep_events=app.config["SSE_REPLAY_LIMIT"],
+            # mark_stale would prune in one statement, however large the backlog: leave it
+            # nothing to delete and prune in batches below.
+            keep_events=sys.maxsize,
         )
+        prune_events(connection, max(app.config["SSE_REPLAY_LIMIT"], EVENTS_KEPT))
     finally:
         connection.close()
     if changed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from app import db, events, lifecycle
+from app.factory import create_app
 from helpers import deliver, parse_sse
 
 
@@ -220,3 +222,134 @@ def test_a_burst_larger_than_the_buffer_reaches_every_stream(app, open_stream):
         while len(received) < len(created):
             received += ids(stream.next())
         assert received == created
+
+
+def test_an_error_before_the_stream_starts_is_a_json_500(tmp_path, caplog):
+    app = create_app(
+        {
+            "TESTING": True,
+            "PROPAGATE_EXCEPTIONS": False,  # as in production, not as in tests
+            "SECRET_KEY": "k",
+            "BACKGROUND_JOBS": False,
+            # A directory that does not exist: the database cannot be opened.
+            "AGENTED_DB_PATH": str(tmp_path / "missing" / "agented.db"),
+        }
+    )
+    response = app.test_client().get("/api/events", headers={"Last-Event-ID": "0"})
+    assert response.status_code == 500
+    assert response.content_type == "application/json"
+    assert response.get_json() == {"error": response.get_json()["error"], "status": 500}
+    assert "unable to open database file" in caplog.text  # the detail only in the log
+
+
+def fail_in_the_poller(monkeypatch, module, name: str, times: int, error: Exception) -> list:
+    """Make ``module.name`` raise ``error`` the first ``times`` times the poller calls it;
+    returns the list of failures injected so far."""
+    original = getattr(module, name)
+    failures: list = []
+
+    def failing(*args, **kwargs):
+        if threading.current_thread().name == "sse-poller" and len(failures) < times:
+            failures.append(error)
+            raise error
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, failing)
+    return failures
+
+
+def receive_ids(stream: Stream, wanted: list[int], timeout: float = 5) -> list[int]:
+    received: list[int] = []
+    deadline = time.monotonic() + timeout
+    while not set(wanted) <= set(received) and time.monotonic() < deadline:
+        try:
+            received += ids(stream.next())
+        except StopIteration:
+            break  # the stream ended
+    return received
+
+
+def test_the_poller_retries_when_it_cannot_open_the_database(app, open_stream, monkeypatch):
+    failures = fail_in_the_poller(
+        monkeypatch, db, "connect", 3, sqlite3.OperationalError("unable to open database file")
+    )
+    stream = open_stream()
+    stream.next()
+    created = add_events(app, 2)
+    events.notify(app)
+    assert receive_ids(stream, created) == created
+    assert len(failures) == 3
+
+
+def test_an_unexpected_error_in_one_poll_is_logged_once_and_polling_goes_on(
+    app, open_stream, monkeypatch, caplog
+):
+    failures = fail_in_the_poller(monkeypatch, events, "encode", 2, RuntimeError("surprise"))
+    streams = [open_stream() for _ in range(3)]
+    for stream in streams:
+        stream.next()
+    created = add_events(app, 2)
+    events.notify(app)
+    for stream in streams:
+        assert receive_ids(stream, created) == created
+    assert len(failures) == 2
+    assert not events.get_hub(app).closed
+    [logged] = [r for r in caplog.records if r.name == "app.events" and r.levelname == "ERROR"]
+    assert logged.exc_info is not None and "surprise" in str(logged.exc_info[1])
+
+
+def test_a_long_replay_is_read_and_sent_in_pages(app, open_stream, monkeypatch):
+    app.config["SSE_REPLAY_LIMIT"] = 1000
+    created = add_events(app, 2 * events.PAGE_SIZE + 50)
+    queries: list[str] = []
+    connect = db.connect
+
+    def counting_connect(path):
+        connection = connect(path)
+        connection.set_trace_callback(queries.append)
+        return connection
+
+    monkeypatch.setattr(db, "connect", counting_connect)
+    stream = open_stream("0")
+    chunks = []
+    received: list[int] = []
+    while len(received) < len(created):
+        chunks.append(ids(stream.next()))
+        received += chunks[-1]
+    assert received == created
+    assert [len(chunk) for chunk in chunks] == [events.PAGE_SIZE, events.PAGE_SIZE, 50]
+    pages = [q for q in queries if "ORDER BY id LIMIT" in q and "id <=" in q]
+    assert len(pages) == 3
+
+
+def test_a_replay_after_pruned_events_says_where_it_resumes(app, open_stream):
+    created = add_events(app, 6)
+    connection = db.connect(app.config["AGENTED_DB_PATH"])
+    connection.execute("DELETE FROM events WHERE id <= ?", (created[2],))
+    connection.close()
+    replay = open_stream(str(created[0])).next()
+    [truncated] = [m for m in replay if m.get("event") == "replay-truncated"]
+    assert json.loads(truncated["data"]) == {
+        "last_event_id": created[0],
+        "resumes_after": created[2],
+    }
+    assert ids(replay) == created[3:]
+
+
+def test_a_long_replay_ends_when_the_process_shuts_down(app, open_stream):
+    app.config["SSE_REPLAY_LIMIT"] = 10 * events.PAGE_SIZE
+    add_events(app, 10 * events.PAGE_SIZE)
+    alive = threading.Event()
+    alive.set()
+    lifecycle.get(app).attach(alive.is_set)
+    stream = open_stream("0")
+    assert len(ids(stream.next())) == events.PAGE_SIZE
+    alive.clear()
+    lifecycle.get(app).stopped()
+    hub = events.get_hub(app)
+    deadline = time.monotonic() + 2
+    while not hub.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert hub.closed
+    rest = list(stream.chunks)  # the stream ends without the other nine pages
+    assert len(rest) <= 1

@@ -296,6 +296,18 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=10,
         maximum=10000,
     ),
+    _setting(
+        name="SSE_WRITE_TIMEOUT_SECS",
+        section="Tuning",
+        kind="int",
+        default="30",
+        description="""Seconds an event stream waits for its client to take what it sends
+        before disconnecting it: a client that stops reading (its connection's buffers stay
+        full) is dropped, and resumes with Last-Event-ID when it reconnects. Checked at every
+        poll (SSE_POLL_INTERVAL_MS).""",
+        minimum=1,
+        maximum=3600,
+    ),
     # --- Experimental ---
     _setting(
         name="CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS",
