@@ -144,13 +144,12 @@ def mark_stale(
     connection: sqlite3.Connection,
     execution_threshold: float,
     conversation_threshold: float,
-    keep_events: int = EVENTS_KEPT,
     now: float | None = None,
     *,
     lock_wait_secs: float = db.BUSY_TIMEOUT_SECS,
 ) -> int:
-    """Mark overdue executions and idle conversations stale, with one event each, and prune
-    events beyond the newest ``keep_events`` (at least EVENTS_KEPT). One short transaction;
+    """Mark overdue executions and idle conversations stale, with one event each (jobs.py prunes
+    old events, in batches). One short transaction;
     running it in every worker at once is harmless (a row changes once). Returns how many
     rows changed. The write lock is waited for without blocking other greenlets, for at most
     ``lock_wait_secs``: then write_lock.LockNotAcquired, an sqlite3.OperationalError."""
@@ -172,8 +171,4 @@ def mark_stale(
             events.record(
                 connection, "conversation.stale", {"conversation": conversation_row_to_dict(row)}
             )
-        connection.execute(
-            "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
-            (max(keep_events, EVENTS_KEPT),),
-        )
     return len(executions) + len(conversations)

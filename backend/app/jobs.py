@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import sys
 import threading
 
 from flask import Flask
@@ -63,9 +62,6 @@ def sweep(app: Flask) -> int:
             connection,
             app.config["STALE_EXECUTION_THRESHOLD_SECS"],
             app.config["STALE_CONVERSATION_THRESHOLD_SECS"],
-            # mark_stale would prune in one statement, however large the backlog: leave it
-            # nothing to delete and prune in batches below.
-            keep_events=sys.maxsize,
         )
         prune_events(connection, max(app.config["SSE_REPLAY_LIMIT"], EVENTS_KEPT))
     finally:

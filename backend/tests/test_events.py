@@ -13,7 +13,7 @@ import pytest
 
 from app import db, events, lifecycle
 from app.factory import create_app
-from helpers import deliver, parse_sse
+from helpers import API_TOKEN, api_client, deliver, parse_sse
 
 
 class Stream:
@@ -230,12 +230,13 @@ def test_an_error_before_the_stream_starts_is_a_json_500(tmp_path, caplog):
             "TESTING": True,
             "PROPAGATE_EXCEPTIONS": False,  # as in production, not as in tests
             "SECRET_KEY": "k",
+            "API_TOKEN": API_TOKEN,
             "BACKGROUND_JOBS": False,
             # A directory that does not exist: the database cannot be opened.
             "AGENTED_DB_PATH": str(tmp_path / "missing" / "agented.db"),
         }
     )
-    response = app.test_client().get("/api/events", headers={"Last-Event-ID": "0"})
+    response = api_client(app).get("/api/events", headers={"Last-Event-ID": "0"})
     assert response.status_code == 500
     assert response.content_type == "application/json"
     assert response.get_json() == {"error": response.get_json()["error"], "status": 500}

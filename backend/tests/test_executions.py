@@ -108,7 +108,8 @@ def test_idle_conversations_become_stale_and_come_back(app, client):
     assert conversation["key"] == "o/r#1"
 
 
-def test_old_events_are_pruned(app, client):
+def test_old_events_are_pruned_but_never_below_the_events_kept(app, client):
+    app.config["SSE_REPLAY_LIMIT"] = 500  # fewer than EVENTS_KEPT: that many are kept anyway
     connection = db.connect(app.config["AGENTED_DB_PATH"])
     try:
         with db.transaction(connection):
@@ -116,7 +117,7 @@ def test_old_events_are_pruned(app, client):
                 "INSERT INTO events (type, data, created_at) VALUES ('x', '{}', 0)",
                 [()] * 10010,
             )
-        mark_stale(connection, 900, 1800, keep_events=500)
+        jobs.sweep(app)
         kept = connection.execute("SELECT count(*), min(id) FROM events").fetchone()
     finally:
         connection.close()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from app import db
-from helpers import EventStream, request
+from helpers import AUTHORIZATION, EventStream, request
 
 EVENTS = 5000
 CLIENTS = 100
@@ -88,9 +88,11 @@ def open_non_reader(port: int) -> socket.socket:
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     client.settimeout(5)
     client.connect(("127.0.0.1", port))
+    # With the token: an authenticated client (or a leaked token) must not pin memory either.
     client.sendall(
         b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-        b"Last-Event-ID: 0\r\n\r\n"
+        + f"Authorization: {AUTHORIZATION['Authorization']}\r\n".encode()
+        + b"Last-Event-ID: 0\r\n\r\n"
     )
     return client
 
@@ -172,7 +174,7 @@ def test_an_error_before_the_stream_starts_is_json_not_gunicorns_html(gunicorn, 
     shutil.rmtree(tmp_path / "state")  # the database can no longer be opened
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
-        connection.request("GET", "/api/events", headers={"Last-Event-ID": "0"})
+        connection.request("GET", "/api/events", headers={"Last-Event-ID": "0", **AUTHORIZATION})
         response = connection.getresponse()
         body = response.read()
     finally:
