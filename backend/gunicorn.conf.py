@@ -115,6 +115,7 @@ def on_starting(server):
     """Runs in the master before it listens and forks any worker."""
     _raise_open_files_limit(server)
     _migrate(server)
+    _keep_secrets()
 
 
 def on_reload(server):
@@ -150,6 +151,33 @@ def _feed_the_watchdog_from_the_main_loop(server):
         "feeding systemd's watchdog (%g s) from the main loop",
         int(os.environ["WATCHDOG_USEC"]) / 1e6,
     )
+
+
+def _keep_secrets():
+    """Read, or generate once, the secrets the backend keeps for itself when they are not set
+    (SECRET_KEY, API_TOKEN), here in the master and before any worker: a key file that cannot
+    serve, or a state directory that cannot hold one, stops Gunicorn with one line, where every
+    worker would fail to boot with a traceback."""
+    directory = os.path.dirname(_config["AGENTED_DB_PATH"])
+    importlib.invalidate_caches()
+    _forget_app_modules()
+    try:
+        from app import secret_key  # noqa: PLC0415 -- standard library only, forgotten below
+
+        for name in secret_key.FILES:
+            if _config[name]:
+                continue
+            try:
+                secret_key.load_or_create(directory, name)
+            except secret_key.SecretFileError as error:
+                raise SystemExit(f"agented: {error}") from None
+            except OSError as error:
+                raise SystemExit(
+                    f"agented: {name} is not set and cannot be kept in {directory}"
+                    f" ({error.strerror}): set {name}, or AGENTED_DB_PATH to a writable place"
+                ) from None
+    finally:
+        _forget_app_modules()
 
 
 def _migrate(server):

@@ -15,14 +15,34 @@ FILES = {"SECRET_KEY": ".secret_key", "API_TOKEN": ".api_token"}
 log = logging.getLogger(__name__)
 
 
+class SecretFileError(RuntimeError):
+    """A kept secret's file that cannot serve; the message is one line saying what to do."""
+
+
 def _read(path: str, setting: str) -> str:
-    # newline="" and only ASCII whitespace stripped: the value is exactly what the file holds,
-    # less the line ending an editor adds (str.strip() would also take \x1c-\x1f and such).
-    with open(path, encoding="ascii", newline="") as stream:
-        value = stream.read().strip(string.whitespace)
+    """The value in ``path``; FileNotFoundError when there is none yet, SecretFileError when the
+    file is there but cannot serve (the service then stops with one line, never guesses)."""
+    remedy = f"delete it to generate a new one, or set {setting}"
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretFileError(f"{path} is not a regular file: {remedy}")
+        if info.st_uid != os.geteuid():
+            raise SecretFileError(
+                f"{path} belongs to uid {info.st_uid}, not to this service (uid {os.geteuid()}):"
+                f" chown it, or {remedy}"
+            )
+        # newline="" and only ASCII whitespace stripped: the value is exactly what the file
+        # holds, less the line ending an editor adds (str.strip() would also take \x1c-\x1f).
+        with open(path, encoding="ascii", newline="") as stream:
+            value = stream.read().strip(string.whitespace)
+    except UnicodeDecodeError:
+        raise SecretFileError(f"{path} holds bytes that are not ASCII: {remedy}") from None
+    except PermissionError as error:
+        raise SecretFileError(f"{path} cannot be read ({error.strerror}): {remedy}") from None
     if not value:
-        raise RuntimeError(f"{path} is empty: delete it to generate a new one, or set {setting}")
-    mode = stat.S_IMODE(os.stat(path).st_mode)
+        raise SecretFileError(f"{path} is empty: {remedy}")
+    mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
         log.warning("%s is accessible to other users (mode %04o): chmod 600 it", path, mode)
     return value

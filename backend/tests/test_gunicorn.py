@@ -487,3 +487,81 @@ def test_requests_gunicorn_cannot_parse_get_json_errors(gunicorn, request_bytes,
     assert head.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
     assert b"Content-Type: application/json" in head, head
     assert json.loads(body)["status"] == status, body
+
+
+def _start_once(backend_dir, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+        cwd=backend_dir,
+        env=clean_environment(
+            GUNICORN_BIND=f"127.0.0.1:{free_port()}", GUNICORN_CONTROL_SOCKET="off", **env
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def _one_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "Booting worker" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("agented:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda path: path.write_text(""), "is empty"),
+        (lambda path: path.mkdir(), "is not a regular file"),
+        (lambda path: path.write_bytes("clé\n".encode()), "holds bytes that are not ASCII"),
+        (
+            lambda path: (path.write_text("k" * 20), os.chown(path, 54321, -1)),
+            "belongs to uid 54321",
+        ),
+    ],
+    ids=["empty", "directory", "not ASCII", "another owner"],
+)
+def test_a_key_file_that_cannot_serve_stops_gunicorn_in_one_line(
+    backend_dir, tmp_path, make, expected
+):
+    state = tmp_path / "state"
+    state.mkdir()
+    make(state / ".secret_key")
+    line = _one_line(
+        _start_once(
+            backend_dir, {"AGENTED_DB_PATH": str(state / "agented.db"), "API_TOKEN": "t" * 20}
+        )
+    )
+    assert expected in line and "set SECRET_KEY" in line, line
+
+
+def test_a_state_directory_that_cannot_hold_a_key_stops_gunicorn_in_one_line(backend_dir, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / ".api_token").mkdir()  # SECRET_KEY is kept, API_TOKEN cannot be
+    line = _one_line(_start_once(backend_dir, {"AGENTED_DB_PATH": str(state / "agented.db")}))
+    assert "api_token" in line and "API_TOKEN" in line, line
+
+
+def test_a_path_component_too_long_stops_gunicorn_in_one_line(backend_dir, tmp_path):
+    line = _one_line(
+        _start_once(backend_dir, {"AGENTED_DB_PATH": str(tmp_path / ("x" * 5000) / "agented.db")})
+    )
+    assert "cannot migrate the database" in line or "File name too long" in line, line
+
+
+def test_a_5000_digit_number_is_refused_in_one_line(backend_dir):
+    line = _one_line(_start_once(backend_dir, {"GUNICORN_WORKERS": "9" * 5000}))
+    assert "GUNICORN_WORKERS" in line and "whole number" in line, line[:300]
+
+
+def test_an_unparsable_env_line_stops_gunicorn_in_one_line(backend_dir, tmp_path):
+    copy = backend_copy(tmp_path / "backend")
+    with open(copy / ".env", "a") as env:
+        env.write("LOG_LEVEL='debug\n")  # unterminated quote: python-dotenv would skip it
+    line = _one_line(_start_once(copy, {"AGENTED_DB_PATH": str(tmp_path / "agented.db")}))
+    assert "cannot parse line" in line, line

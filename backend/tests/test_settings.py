@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from app import db, jobs, settings
 from app.factory import create_app
 from app.settings import SETTINGS, SETTINGS_BY_NAME, Bind, Setting, SettingsError
-from helpers import BACKEND_DIR, api_client, clean_environment, delivery_request
+from helpers import BACKEND_DIR, api_client, backend_copy, clean_environment, delivery_request
 
 # A valid value different from the default for every setting.
 NON_DEFAULTS = {
@@ -512,7 +512,8 @@ def test_dotenv_quote_examples(tmp_path):
     ]
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"SECRET_KEY={settings.dotenv_quote(v)}\n" for v in values[:1]))
-    for value in values:
+    for example in values:
+        value = f"{example} -- as long as a secret must be"
         env_file.write_text(f"SECRET_KEY={settings.dotenv_quote(value)}\n")
         assert settings.load(environ={}, env_file=env_file)["SECRET_KEY"] == value
     with pytest.raises(ValueError, match="line break"):
@@ -761,3 +762,44 @@ def test_gunicorn_conf_does_not_import_the_app_package(tmp_path):
         assert db.schema_version(connection) == db.SCHEMA_VERSION
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("value", [" ", "        ", "x", "short", " 1234567 "])
+def test_blank_or_short_secrets_are_refused_without_showing_them(value):
+    for name in ("SECRET_KEY", "API_TOKEN", "GITHUB_WEBHOOK_SECRET"):
+        problem = settings.check(SETTINGS_BY_NAME[name], value)
+        assert problem is not None and "at least 8 characters" in problem, (name, problem)
+        assert repr(value) not in problem
+
+
+def test_a_secret_of_eight_characters_is_accepted():
+    assert settings.check(SETTINGS_BY_NAME["GITHUB_WEBHOOK_SECRET"], "8 chars!") is None
+
+
+def test_a_5000_digit_number_is_refused_not_raised():
+    problem = settings.check(SETTINGS_BY_NAME["GUNICORN_WORKERS"], "9" * 5000)
+    assert problem is not None and problem.startswith("GUNICORN_WORKERS=")
+
+
+def test_an_unparsable_env_line_is_an_error_that_does_not_show_the_line(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("LOG_LEVEL=debug\nGITHUB_WEBHOOK_SECRET='hunter2-unterminated\nTZ=UTC\n")
+    with pytest.raises(SettingsError, match="cannot parse line 2") as raised:
+        settings.read_env_file(env)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_check_command_fails_on_an_unparsable_env_line(tmp_path):
+    env = tmp_path / "backend"
+    copy = backend_copy(env)
+    with open(copy / ".env", "a") as stream:
+        stream.write("this line is not an assignment\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "app.settings", "check"],
+        cwd=copy,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1 and "cannot parse line" in result.stderr, result

@@ -267,3 +267,17 @@ def test_every_request_gives_back_its_budget_and_client_slot(app, client, monkey
     assert deliver(client, {"a": 2}, guid="fails").status_code == 500
     assert limits.budget.used == 0
     assert limits.unsigned.in_flight("127.0.0.1") == 0
+
+
+def test_a_database_newer_than_the_code_accepts_no_delivery(app, client):
+    connection = db.connect(app.config["AGENTED_DB_PATH"])
+    try:
+        connection.execute("PRAGMA user_version = 99")
+        response = deliver(client, {"action": "opened"}, guid="from-the-future")
+        stored = connection.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+    finally:
+        connection.close()
+    assert response.status_code == 503, response.get_json()
+    assert response.headers["Retry-After"]
+    assert "version 99" in response.get_json()["error"]
+    assert stored == 0

@@ -19,6 +19,7 @@ Command line (from the backend directory), see ``__main__.py``::
     python -m app.settings local-url           # the URL a local client uses for GUNICORN_BIND
 """
 
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -90,12 +91,26 @@ def read_env_file(env_file: str | os.PathLike[str] | None = ENV_FILE) -> dict[st
     if env_file is None or not os.path.exists(env_file):
         return {}
     from dotenv import dotenv_values  # noqa: PLC0415 -- keeps this module stdlib-only
+    from dotenv.parser import parse_stream  # noqa: PLC0415
 
     try:
         with open(env_file, encoding="utf-8") as stream:
-            return dict(dotenv_values(stream=stream, interpolate=False))
+            text = stream.read()
     except (OSError, UnicodeDecodeError) as error:
         raise SettingsError(f"cannot read {os.fspath(env_file)}: {error}") from None
+    # python-dotenv skips a line it cannot parse with a warning only: a value would be lost
+    # without a word. The line itself is not shown, since it may hold a secret.
+    unparsed = [
+        binding.original.line for binding in parse_stream(io.StringIO(text)) if binding.error
+    ]
+    if unparsed:
+        lines = ", ".join(str(line) for line in unparsed)
+        raise SettingsError(
+            f"{os.fspath(env_file)}: cannot parse line{'s' if len(unparsed) > 1 else ''} {lines}:"
+            " write NAME=value, quoting a"
+            " value that holds spaces, # or quotes in single quotes"
+        )
+    return dict(dotenv_values(stream=io.StringIO(text), interpolate=False))
 
 
 def load(

@@ -220,7 +220,9 @@ def parse_bind(value: str) -> Bind:
 
 # --- Validation -------------------------------------------------------------------------------
 
-_INT_RE = re.compile(r"[+-]?[0-9]+")
+# At most 18 digits: every range fits, and int() of a 5000-digit text would raise (Python's
+# limit on digits) instead of being refused.
+_INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 def _http_url(value: str) -> urllib.parse.SplitResult | None:
@@ -343,6 +345,10 @@ def _show(setting: Setting, value: str) -> str:
     return f"{setting.name}={text}"
 
 
+# A blank or one-character secret is a mistake, not a secret.
+SECRET_MIN_LENGTH = 8
+
+
 def check(setting: Setting, value: str) -> str | None:
     """Validate one value. None when valid, else ONE line naming the variable, the bad value
     (hidden for secrets) and what is allowed.
@@ -354,6 +360,11 @@ def check(setting: Setting, value: str) -> str | None:
         return None
     if "\n" in value or "\r" in value:
         return f"{_show(setting, value)} is not allowed: values cannot contain a line break"
+    if setting.secret and len(value.strip()) < SECRET_MIN_LENGTH:
+        return (
+            f"{_show(setting, value)} is not allowed: a secret needs at least"
+            f" {SECRET_MIN_LENGTH} characters besides spaces"
+        )
     return _check(setting, value)
 
 
