@@ -279,6 +279,80 @@ def post_worker_init(worker):
     if lifecycle is not None:
         lifecycle.attach(lambda: worker.alive)
     _notice_stops_promptly(worker, lifecycle)
+    _bound_connections(worker)
+
+
+def _bound_connections(worker):
+    """Keep one client from taking every connection of the worker (each one a greenlet of
+    GUNICORN_WORKER_CONNECTIONS): at most GUNICORN_CONNECTIONS_PER_CLIENT per client address,
+    the rest answered 429 at once, and GUNICORN_HEADER_TIMEOUT_SECS for a new connection's
+    first request head. Gunicorn itself bounds the heads of later requests by its keep-alive
+    timeout, but not the first one, and none at all when GUNICORN_KEEPALIVE is 0."""
+    import collections  # noqa: PLC0415 -- only the workers need these
+    import contextlib  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    import gevent  # noqa: PLC0415
+
+    per_client = _config["GUNICORN_CONNECTIONS_PER_CLIENT"]
+    header_timeout = _config["GUNICORN_HEADER_TIMEOUT_SECS"]
+    open_by_address = collections.Counter()
+    head_deadlines = {}  # id(client socket) -> what ends it, until its first request head
+
+    def end_connection(client, address):
+        # Shutting the socket down ends the parser's wait as a client disconnection would
+        # (Gunicorn logs it at debug level); raising into the greenlet would be a 500.
+        worker.log.debug("closing a connection from %s that sent no request head", address)
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)
+
+    handle, handle_request = worker.handle, worker.handle_request
+
+    def bounded_handle(listener, client, addr):
+        address = addr[0] if isinstance(addr, tuple) else ""  # unix sockets have no address
+        if open_by_address[address] >= per_client:
+            _refuse_connection(client, 429, "Too many connections from this address")
+            return
+        open_by_address[address] += 1
+        head_deadlines[id(client)] = gevent.spawn_later(
+            header_timeout, end_connection, client, address
+        )
+        try:
+            handle(listener, client, addr)
+        finally:
+            deadline = head_deadlines.pop(id(client), None)
+            if deadline is not None:
+                deadline.kill(block=False)
+            open_by_address[address] -= 1
+            if not open_by_address[address]:
+                del open_by_address[address]
+
+    def handle_request_once_its_head_arrived(listener_name, req, sock, addr):
+        deadline = head_deadlines.pop(id(sock), None)
+        if deadline is not None:
+            deadline.kill(block=False)
+        return handle_request(listener_name, req, sock, addr)
+
+    worker.handle = bounded_handle
+    worker.handle_request = handle_request_once_its_head_arrived
+
+
+def _refuse_connection(client, status, reason):
+    """Answer a connection with a JSON error and close it, before reading anything from it."""
+    import json  # noqa: PLC0415
+
+    body = json.dumps({"error": reason, "status": status}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nRetry-After: 1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    try:
+        client.settimeout(1)
+        client.sendall(head.encode("latin-1") + body)
+    except OSError:
+        pass  # the client went away: nothing to tell it
+    finally:
+        client.close()
 
 
 _STOP_CHECK_SECS = 0.1

@@ -48,7 +48,7 @@ from typing import NamedTuple
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from . import cooperative, db, lifecycle
+from . import cooperative, db, errors, lifecycle
 
 bp = Blueprint("events", __name__, url_prefix="/api")
 log = logging.getLogger(__name__)
@@ -455,6 +455,17 @@ def _client_socket() -> socket.socket | None:
 def events() -> Response:
     config = current_app.config
     db_path = config["AGENTED_DB_PATH"]
+    # Streams stay open: left unbounded they would take every connection of the worker, and
+    # health checks, webhooks and API reads would wait behind them.
+    streams_allowed = (
+        config["GUNICORN_WORKER_CONNECTIONS"] - config["GUNICORN_RESERVED_CONNECTIONS"]
+    )
+    if get_hub().subscribers >= streams_allowed:
+        response = errors.error_response(
+            503, "This worker holds as many event streams as it may: retry later"
+        )
+        response.headers["Retry-After"] = "5"
+        return response
     # Read where the replay starts here, before the response: an error (database
     # unavailable) is then an ordinary JSON error answer, not a stream cut off at its start.
     replay = read_replay(

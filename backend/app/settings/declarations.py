@@ -249,6 +249,39 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=300,
     ),
     _setting(
+        name="GUNICORN_HEADER_TIMEOUT_SECS",
+        section="Tuning",
+        kind="int",
+        default="10",
+        description="""Seconds a new connection has to send its first request's line and
+        headers, whatever GUNICORN_KEEPALIVE is; a client that takes longer is disconnected, so
+        slow headers cannot hold the worker's connections.""",
+        minimum=1,
+        maximum=300,
+    ),
+    _setting(
+        name="GUNICORN_CONNECTIONS_PER_CLIENT",
+        section="Tuning",
+        kind="int",
+        default="128",
+        description="""Connections one client address may hold open in a worker at once, event
+        streams included; more get 429 with Retry-After at once. Behind a reverse proxy every
+        client has the proxy's address: raise it there, or limit clients at the proxy.""",
+        minimum=1,
+        maximum=100000,
+    ),
+    _setting(
+        name="GUNICORN_RESERVED_CONNECTIONS",
+        section="Tuning",
+        kind="int",
+        default="64",
+        description="""Connections of each worker that event streams may not take, kept for
+        health checks, webhooks and API reads: a stream beyond GUNICORN_WORKER_CONNECTIONS less
+        this many gets 503 with Retry-After.""",
+        minimum=0,
+        maximum=100000,
+    ),
+    _setting(
         name="STALE_CONVERSATION_THRESHOLD_SECS",
         section="Tuning",
         kind="int",
