@@ -233,6 +233,8 @@ def test_memory_limits_systemd_takes(value):
         ({"AGENTED_DB_PATH": "data/agented.db"}, "use an absolute path"),
         ({"GUNICORN_GRACEFUL_TIMEOUT": 30}, "use at most 29"),
         ({"GUNICORN_BIND": "localhost:8080"}, "use an IP address"),
+        ({"GUNICORN_WORKERS": "9" * 5000}, "agented_backend_env.GUNICORN_WORKERS: "),
+        ({"GITHUB_WEBHOOK_SECRET": "short"}, "at least 8 characters"),
     ],
 )
 def test_env_values_the_role_cannot_render_faithfully_are_refused(env, expected):
