@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # How long a connection waits for another one's write lock before failing. Writes take
 # milliseconds, so reaching this means something is badly wrong.
@@ -88,9 +88,15 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 @contextlib.contextmanager
-def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction that holds the write lock from its first statement."""
-    connection.execute("BEGIN IMMEDIATE")
+def transaction(
+    connection: sqlite3.Connection, begin: Callable[[], None] | None = None
+) -> Iterator[sqlite3.Connection]:
+    """A write transaction that holds the write lock from its first statement; ``begin``
+    starts it another way (app/write_lock.py waits for the lock without blocking)."""
+    if begin is None:
+        connection.execute("BEGIN IMMEDIATE")
+    else:
+        begin()
     try:
         yield connection
     except BaseException:

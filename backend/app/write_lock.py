@@ -39,13 +39,9 @@ def transaction(connection: sqlite3.Connection, wait_secs: float) -> Iterator[sq
     ``wait_secs``: :class:`LockNotAcquired` then, with nothing written."""
     connection.execute(f"PRAGMA busy_timeout = {BUSY_ATTEMPT_MS:d}")
     try:
-        _begin_immediate(connection, time.monotonic() + wait_secs)
-        try:
+        deadline = time.monotonic() + wait_secs
+        with db.transaction(connection, begin=lambda: _begin_immediate(connection, deadline)):
             yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
     finally:
         # The connection may serve more of the request: back to the usual busy timeout.
         connection.execute(f"PRAGMA busy_timeout = {int(db.BUSY_TIMEOUT_SECS * 1000):d}")
