@@ -401,11 +401,23 @@ def resources_left(app: Flask) -> dict:
     }
 
 
+def stored_rows(app: Flask) -> tuple[int, int, int]:
+    connection = db.connect(app.config["AGENTED_DB_PATH"])
+    try:
+        return tuple(
+            connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+            for table in ("deliveries", "executions", "events")
+        )
+    finally:
+        connection.close()
+
+
 NOTHING_LEFT = {"budget": 0, "unsigned": {}, "streams": 0}
 
 
 def check_answer(app: Flask, sent: dict, environ: dict) -> int:
     """Send ``sent`` and check every property of the answer; returns the status."""
+    before = stored_rows(app)
     status, headers, body = send(app, environ)
     note(f"{sent['method']} {environ['PATH_INFO'][:200]!r}?{sent['query'][:100]!r} -> {status}")
     note(f"body {body[:300]!r}")
@@ -455,6 +467,9 @@ def check_answer(app: Flask, sent: dict, environ: dict) -> int:
         assert app.config["CORS_ALLOWED_ORIGINS"] == (ORIGIN,)
         assert headers["Access-Control-Allow-Origin"] == ORIGIN
     assert resources_left(app) == NOTHING_LEFT
+    # Only a new signed delivery writes: one delivery, one execution, one event.
+    written = 1 if webhook and status == 202 else 0
+    assert stored_rows(app) == tuple(count + written for count in before)
     return status
 
 
