@@ -15,6 +15,10 @@ invalid UTF-8 and invalid percent-encodings reach the app as they would in produ
   except a CORS preflight (OPTIONS on a route, empty body) and the webhook, which only a valid
   signature gets past.
 - Nothing a request holds outlives it: webhook memory budget, per-client slots, streams.
+- Only a new signed delivery writes: one delivery, one execution, one event; nothing else
+  changes the database.
+- An event stream (GET /api/events) answers 200 with the token, 401 without; its body is
+  never read here, only closed.
 - A stateful test interleaves signed deliveries (new, repeated, badly signed) with reads of
   executions, conversations and event replays, and checks them against a model.
 - Memory: replaying the same generated requests again and again retains nothing, and the
