@@ -373,6 +373,7 @@ class Attack:
             f"attack for {args.duration} s"
         )
         await asyncio.wait(tasks, timeout=max(1.0, self.deadline - time.time() + 15))
+        await asyncio.sleep(max(0.0, self.deadline - time.time()))  # idle streams only wait
         marks["end"] = time.time()
         self.settle_streams()
 
@@ -401,7 +402,7 @@ def measure(args) -> dict:
     gunicorn = common.BACKEND / ".venv" / "bin" / "gunicorn"
     if not gunicorn.exists():
         raise SystemExit("backend/.venv has no gunicorn: run `just ensure-backend` first")
-    with open(common.results_dir(NAME) / "gunicorn.log", "w") as log:
+    with open(common.results_dir(args.name) / "gunicorn.log", "w") as log:
         process = subprocess.Popen(
             [str(gunicorn), "-c", "gunicorn.conf.py"],
             cwd=src,
@@ -426,7 +427,7 @@ def measure(args) -> dict:
         own = os.times()
         asyncio.run(attack.run(marks))
         attacker_cpu = (os.times().user - own.user) + (os.times().system - own.system)
-        records = receive.recv() if receive.poll(args.after + 30) else None
+        records = receive.recv() if receive.poll(max(0.0, until - time.time()) + 30) else None
         prober.join(timeout=30)
         if records is None:
             raise SystemExit("the probe process sent no records")
@@ -697,6 +698,11 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds to open every attacker")
     parser.add_argument("--duration", type=float, default=35.0, help="seconds of attack")
     parser.add_argument("--after", type=float, default=5.0, help="seconds measured after it")
+    parser.add_argument(
+        "--name",
+        default=NAME,
+        help="results into bench/results/NAME/ (report.py copies only hostile's)",
+    )
     args = parser.parse_args()
     if not 1 <= args.sources <= 254:
         raise SystemExit("--sources must be 1 to 254")
@@ -707,12 +713,12 @@ def main() -> None:
     needed = args.streams + args.bodies + args.slow_headers + 256
     if soft < needed:  # like `ulimit -n`: one descriptor per attacker
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, needed * 2), hard))
-    directory = common.results_dir(NAME)
+    directory = common.results_dir(args.name)
     raw = measure(args)
     result = analyse(raw, args)
     chart(raw, directory)
     common.save(
-        NAME,
+        args.name,
         {
             "goals": goals_of(result),
             "settings": vars(args),
