@@ -43,6 +43,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -709,6 +710,8 @@ def main() -> None:
     for name in ("duration", "ramp", "baseline", "after"):
         if not 0 <= getattr(args, name) <= 120:
             raise SystemExit(f"--{name} must be 0 to 120 s")
+    # Stopped from outside: leave through the finally blocks, which stop Gunicorn.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = args.streams + args.bodies + args.slow_headers + 256
     if soft < needed:  # like `ulimit -n`: one descriptor per attacker
