@@ -214,6 +214,7 @@ class Attack:
         self.answered_at: dict[str, list[tuple[float, object]]] = collections.defaultdict(list)
         self.opened = collections.Counter()
         self.refused = collections.Counter()
+        self.lifetimes: dict[str, list[float]] = collections.defaultdict(list)
         self.stream_sockets: list[socket.socket] = []
         self.body_progress: list[int] = []
 
@@ -237,8 +238,10 @@ class Attack:
         return sock
 
     async def read_answer(self, kind: str, sock: socket.socket) -> None:
-        """Wait (until the deadline) for the server to answer or close; count how."""
+        """Wait (until the deadline) for the server to answer or close; count how, and how long
+        the connection lasted."""
         loop = asyncio.get_running_loop()
+        opened = time.time()
         try:
             data = await asyncio.wait_for(
                 loop.sock_recv(sock, 256), max(0.1, self.deadline - time.time())
@@ -251,6 +254,7 @@ class Attack:
         self.answers[kind][answer] += 1
         if answer != "still waiting":
             self.answered_at[kind].append((time.time(), answer))
+            self.lifetimes[kind].append(time.time() - opened)
 
     async def slow_header(self, n: int) -> None:
         """One slow head after another until the deadline: a socket the server closes is
@@ -448,6 +452,7 @@ def measure(args) -> dict:
         "opened": dict(attack.opened),
         "answers": {k: dict(v) for k, v in attack.answers.items()},
         "answered_at": dict(attack.answered_at),
+        "lifetimes": {k: common.summary(v) for k, v in attack.lifetimes.items()},
         "body_bytes_sent": common.summary(attack.body_progress),
         "gunicorn_alive_at_end": alive,
         "attacker_cpu_seconds": attacker_cpu,
@@ -464,6 +469,7 @@ def analyse(raw: dict, args) -> dict:
     phases = {
         "before": (marks["start"], marks["ramp"]),
         "under attack": (marks["ramp"], marks["end"]),
+        "of which held, after the ramp": (marks["attack"], marks["end"]),
     }
     result = {"phases": {}}
     for phase, (start, end) in phases.items():
@@ -610,6 +616,7 @@ def tables(raw: dict, result: dict, args) -> str:
             if times
             else "\N{EN DASH}"
         )
+        life = raw["lifetimes"].get(kind, {})
         rows.append(
             [
                 f"{count} {kind}",
@@ -619,10 +626,19 @@ def tables(raw: dict, result: dict, args) -> str:
                     for k, v in sorted(answers.items(), key=lambda x: -x[1])
                 ),
                 when,
+                f"{common.fmt(life.get('median'), ' s', 1)} / "
+                f"{common.fmt(life.get('max'), ' s', 1)}",
             ]
         )
     text += common.table(
-        ["attackers", "connections", "answers", "answered (s after the ramp began)"], rows
+        [
+            "attackers",
+            "connections",
+            "answers",
+            "answered (s after the ramp began)",
+            "lifetime of those answered, median / max",
+        ],
+        rows,
     )
     sent = raw["body_bytes_sent"]
     text += (
@@ -728,6 +744,7 @@ def main() -> None:
             **result,
             "answers": raw["answers"],
             "opened": raw["opened"],
+            "lifetimes": raw["lifetimes"],
             "raw": {k: raw[k] for k in ("marks", "liveness", "webhooks", "rss", "cpu")},
         },
         tables(raw, result, args),
