@@ -18,11 +18,13 @@ client of a small botnet, so that per-address limits are not the only thing test
   stay open however soon the server gives up on them.
 
 A separate process, from 127.0.0.1, measures what a well-behaved client gets: GET
-/health/liveness every 50 ms and a signed webhook every second (each on a new connection), and
-the RSS of every Gunicorn worker (VmRSS) every 0.5 s. At the end every attacker socket is read to
-see how it was answered (a status code, closed without an answer, or still waiting).
+/health/liveness every 50 ms and a signed webhook every second (each on a new connection, open
+loop), and the RSS of every Gunicorn worker (VmRSS) every 0.5 s. At the end every attacker socket
+is read to see how it was answered (a status code, closed without an answer, or still waiting).
+About 80 s in all.
 
     uv run bench/hostile.py [--duration 35] [--streams 400] [--bodies 50] [--slow-headers 2000]
+        [--sources 50] [--name hostile]    (--streams 0 etc. leave an attack out)
 """
 
 from __future__ import annotations
