@@ -11,10 +11,41 @@ threads it is a harmless short sleep.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 PAUSE_SECS = 0.001
+THREADS = 4
+
+Result = TypeVar("Result")
 
 
 def pause() -> None:
     time.sleep(PAUSE_SECS)
+
+
+def off_the_loop(work: Callable[..., Result], *args: object) -> Result:
+    """``work(*args)`` in gevent's pool of native threads when this is a gevent worker, so its
+    sqlite3 calls block that thread, not the event loop; hundreds of streams opening at once
+    would otherwise stall every request of the worker for their reads. ``work`` must open and
+    close what it uses itself (an sqlite3 connection belongs to its thread). Elsewhere (tests,
+    run.py's threads) it runs right here."""
+    try:
+        from gevent import monkey  # noqa: PLC0415 -- only under gevent
+    except ImportError:
+        return work(*args)
+    if not monkey.is_module_patched("socket"):
+        return work(*args)
+    return _threads().apply(work, args)
+
+
+@functools.cache
+def _threads():
+    """This process's few native threads for blocking reads: few, because every thread that
+    allocates gets a malloc arena of its own, and memory per worker is bounded. Made at the
+    first use, in the worker (the master never imports the app)."""
+    from gevent.threadpool import ThreadPool  # noqa: PLC0415
+
+    return ThreadPool(THREADS)

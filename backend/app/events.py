@@ -408,7 +408,7 @@ def stream(
         # client resumes on a live worker with Last-Event-ID.
         while cursor < replay.newest and not subscription.disconnected and not hub.closed:
             with hub.page_readers:
-                page = read_page(db_path, cursor, replay.newest)
+                page = cooperative.off_the_loop(read_page, db_path, cursor, replay.newest)
             if not page:
                 break
             cursor = page[-1].id
@@ -424,7 +424,7 @@ def stream(
             waiter = hub.waiter()
             events = hub.after(cursor)
             if events is None:  # behind what the hub still holds: catch up from the database
-                replay = read_replay(db_path, cursor, CATCH_UP_LIMIT)
+                replay = cooperative.off_the_loop(read_replay, db_path, cursor, CATCH_UP_LIMIT)
                 yield from send_replay(replay)
                 cursor = replay.newest
                 continue
@@ -468,7 +468,8 @@ def events() -> Response:
         return response
     # Read where the replay starts here, before the response: an error (database
     # unavailable) is then an ordinary JSON error answer, not a stream cut off at its start.
-    replay = read_replay(
+    replay = cooperative.off_the_loop(
+        read_replay,
         db_path,
         parse_last_event_id(request.headers.get("Last-Event-ID")),
         config["SSE_REPLAY_LIMIT"],
