@@ -95,7 +95,7 @@ def test_values_layer_defaults_role_values_and_user_values():
 def test_quoting_reaches_python_dotenv_exactly(tmp_path, value):
     env = tmp_path / ".env"
     env.write_text(f"X={agented_backend_dotenv_quote(value, SRC)}\n")
-    # The service reads .env without interpolation (app/settings.py), so $HOME stays literal.
+    # The service reads .env without interpolation (app.settings), so $HOME stays literal.
     assert dotenv_values(env, interpolate=False)["X"] == value
     assert agented_backend_dotenv_read(env.read_text(), "X", SRC) == (value or None)
 
