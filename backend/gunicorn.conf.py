@@ -15,6 +15,7 @@ Under systemd socket activation (LISTEN_FDS) Gunicorn serves the inherited socke
 ``bind``. Never set Gunicorn's own user/group here: the service manager switches user.
 """
 
+import contextlib
 import ctypes
 import importlib
 import os
@@ -36,12 +37,22 @@ def _forget_app_modules():
         del sys.modules[name]
 
 
+@contextlib.contextmanager
+def _app_modules_for_the_master():
+    """Within it, the master may import app's standard-library modules (settings, db,
+    secret_key) as they are on disk now; they are forgotten again at its end. A reload may
+    follow a `current` symlink to another release, hence the fresh look at the files."""
+    importlib.invalidate_caches()
+    _forget_app_modules()
+    try:
+        yield
+    finally:
+        _forget_app_modules()
+
+
 if _BACKEND_DIR not in sys.path:
     sys.path.insert(0, _BACKEND_DIR)
-# A reload may follow a `current` symlink to another release: look at the files again.
-importlib.invalidate_caches()
-_forget_app_modules()
-try:
+with _app_modules_for_the_master():
     from app import settings as _settings
 
     try:
@@ -50,8 +61,6 @@ try:
         # Gunicorn prints a traceback for an Exception raised here but lets SystemExit through:
         # Python prints the message as one line on stderr and exits with status 1.
         raise SystemExit(f"agented: invalid configuration: {_error}") from None
-finally:
-    _forget_app_modules()
 del _settings
 
 
@@ -159,9 +168,7 @@ def _keep_secrets():
     serve, or a state directory that cannot hold one, stops Gunicorn with one line, where every
     worker would fail to boot with a traceback."""
     directory = os.path.dirname(_config["AGENTED_DB_PATH"])
-    importlib.invalidate_caches()
-    _forget_app_modules()
-    try:
+    with _app_modules_for_the_master():
         from app import secret_key  # noqa: PLC0415 -- standard library only, forgotten below
 
         for name in secret_key.FILES:
@@ -176,8 +183,6 @@ def _keep_secrets():
                     f"agented: {name} is not set and cannot be kept in {directory}"
                     f" ({error.strerror}): set {name}, or AGENTED_DB_PATH to a writable place"
                 ) from None
-    finally:
-        _forget_app_modules()
 
 
 def _migrate(server):
@@ -188,17 +193,14 @@ def _migrate(server):
     import sqlite3  # noqa: PLC0415 -- only the master needs it, and only here
 
     path = _config["AGENTED_DB_PATH"]
-    importlib.invalidate_caches()
-    _forget_app_modules()
-    try:
+    with _app_modules_for_the_master():
         from app import db  # noqa: PLC0415 -- standard library only, forgotten again below
 
-        version = db.migrate(path)
+        try:
+            version = db.migrate(path)
+        except (sqlite3.Error, OSError) as error:
+            raise SystemExit(f"agented: cannot migrate the database {path}: {error}") from None
         release_version = db.SCHEMA_VERSION
-    except (sqlite3.Error, OSError) as error:
-        raise SystemExit(f"agented: cannot migrate the database {path}: {error}") from None
-    finally:
-        _forget_app_modules()
     if version > release_version:
         server.log.error(
             "database %s has schema version %d, newer than this release's (%d): not ready",
@@ -256,17 +258,10 @@ def _answer_unparsable_requests_in_json():
     """Gunicorn answers requests it cannot parse (400, 414 for a long request line, 431 for
     headers too large) and errors outside the app (500) itself, with an HTML page. Give them the
     app's JSON error shape instead; what was wrong stays in Gunicorn's log, not in the answer."""
-    import json  # noqa: PLC0415 -- only the workers need it
-
-    from gunicorn import util  # noqa: PLC0415
+    from gunicorn import util  # noqa: PLC0415 -- only the workers need it
 
     def write_json_error(sock, status_int, reason, mesg):
-        body = json.dumps({"error": reason, "status": status_int}).encode()
-        head = (
-            f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        util.write_nonblock(sock, head.encode("latin-1") + body)
+        util.write_nonblock(sock, _json_error_response(status_int, reason))
 
     util.write_error = write_json_error
 
@@ -289,7 +284,6 @@ def _bound_connections(worker):
     first request head. Gunicorn itself bounds the heads of later requests by its keep-alive
     timeout, but not the first one, and none at all when GUNICORN_KEEPALIVE is 0."""
     import collections  # noqa: PLC0415 -- only the workers need these
-    import contextlib  # noqa: PLC0415
     import socket  # noqa: PLC0415
 
     import gevent  # noqa: PLC0415
@@ -337,18 +331,24 @@ def _bound_connections(worker):
     worker.handle_request = handle_request_once_its_head_arrived
 
 
-def _refuse_connection(client, status, reason):
-    """Answer a connection with a JSON error and close it, before reading anything from it."""
-    import json  # noqa: PLC0415
+def _json_error_response(status, reason, headers=""):
+    """A whole HTTP response in the app's JSON error shape, for answers Gunicorn's worker writes
+    itself; ``headers`` are extra header lines, each ending in CRLF."""
+    import json  # noqa: PLC0415 -- only the workers need it
 
     body = json.dumps({"error": reason, "status": status}).encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nRetry-After: 1\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n{headers}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
+    return head.encode("latin-1") + body
+
+
+def _refuse_connection(client, status, reason):
+    """Answer a connection with a JSON error and close it, before reading anything from it."""
     try:
         client.settimeout(1)
-        client.sendall(head.encode("latin-1") + body)
+        client.sendall(_json_error_response(status, reason, "Retry-After: 1\r\n"))
     except OSError:
         pass  # the client went away: nothing to tell it
     finally:
