@@ -14,6 +14,8 @@ host comes from inside that host, to its own 127.0.0.1 (`docker exec`).
 from __future__ import annotations
 
 import atexit
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,18 +354,47 @@ def wait_http(
     raise SystemExit(f"127.0.0.1:{port}{path} did not answer 200 within {timeout} s")
 
 
+def signed_webhook(n: int, padding: int = 0) -> tuple[bytes, dict]:
+    """Body and headers of an `issues` delivery number ``n``, signed as GitHub signs it with the
+    bench's secret; ``padding`` bytes more make its event as large as a real one."""
+    payload = {
+        "action": "opened",
+        "repository": {"full_name": "agented/bench"},
+        "issue": {"number": n},
+        "bench": n,
+    }
+    if padding:
+        payload["padding"] = "x" * padding
+    body = json.dumps(payload).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "issues",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": "sha256="
+        + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest(),
+    }
+    return body, headers
+
+
+def scatter_outcomes(ax, answered, failed, *, label="answered", size=4, failed_size=8):
+    """Scatter (x, y) points on ax: the answered requests, and the failed ones as red crosses
+    (labelled "failed", or "LABEL: failed" for a label of its own)."""
+    ax.scatter([x for x, _ in answered], [y for _, y in answered], s=size, label=label)
+    if failed:
+        prefix = "" if label == "answered" else f"{label}: "
+        ax.scatter(
+            [x for x, _ in failed],
+            [y for _, y in failed],
+            s=failed_size,
+            color="red",
+            marker="x",
+            label=f"{prefix}failed ({len(failed)})",
+        )
+
+
 def plot_requests(ax, records):
     """Scatter the load client's records (sent at, seconds, status) on ax: answered ones, and
     failures in red."""
     ok = [(r[0], r[1]) for r in records if isinstance(r[2], int) and r[2] < 400]
     bad = [(r[0], max(r[1], 0.001)) for r in records if not (isinstance(r[2], int) and r[2] < 400)]
-    ax.scatter([x for x, _ in ok], [y for _, y in ok], s=4, label="answered")
-    if bad:
-        ax.scatter(
-            [x for x, _ in bad],
-            [y for _, y in bad],
-            s=8,
-            color="red",
-            marker="x",
-            label=f"failed ({len(bad)})",
-        )
+    scatter_outcomes(ax, ok, bad)

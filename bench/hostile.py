@@ -33,10 +33,7 @@ import argparse
 import asyncio
 import collections
 import concurrent.futures
-import hashlib
-import hmac
 import http.client
-import json
 import multiprocessing
 import os
 import random
@@ -68,26 +65,6 @@ RECONNECT_AFTER = 0.25  # a slow-header attacker whose socket was closed opens a
 
 
 # --- the well-behaved client (its own process) ------------------------------------------------
-
-
-def signed_webhook(n: int, padding: int = 0) -> tuple[bytes, dict]:
-    body = json.dumps(
-        {
-            "action": "opened",
-            "repository": {"full_name": "agented/bench"},
-            "issue": {"number": n},
-            "bench": n,
-            "padding": "x" * padding,
-        }
-    ).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "X-GitHub-Event": "issues",
-        "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": "sha256="
-        + hmac.new(common.WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest(),
-    }
-    return body, headers
 
 
 def request(method: str, path: str, body=None, headers=None, timeout=5.0) -> tuple[float, object]:
@@ -166,7 +143,7 @@ def probe(master: int, until: float, out) -> None:
     count = iter(range(10**9))
 
     def hook() -> None:
-        body, headers = signed_webhook(100_000 + next(count))
+        body, headers = common.signed_webhook(100_000 + next(count))
         sent = time.time()
         webhooks.append((sent, *request("POST", "/api/webhooks/github", body, headers)))
 
@@ -397,7 +374,7 @@ def insert_events(count: int) -> float:
     start = time.monotonic()
 
     def post(n: int):
-        body, headers = signed_webhook(n, padding=512)
+        body, headers = common.signed_webhook(n, padding=512)
         return request("POST", "/api/webhooks/github", body, headers, timeout=30)[1]
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -668,16 +645,7 @@ def chart(raw: dict, directory: Path) -> None:
     ):
         ok = [(r[0] - zero, max(r[1], 1e-4) * 1000) for r in records if r[2] in (200, 202)]
         bad = [(r[0] - zero, max(r[1], 1e-4) * 1000) for r in records if r[2] not in (200, 202)]
-        top.scatter([x for x, _ in ok], [y for _, y in ok], s=size, label=label)
-        if bad:
-            top.scatter(
-                [x for x, _ in bad],
-                [y for _, y in bad],
-                s=12,
-                marker="x",
-                color="red",
-                label=f"{label}: failed ({len(bad)})",
-            )
+        common.scatter_outcomes(top, ok, bad, label=label, size=size, failed_size=12)
     top.axhline(GOAL_LIVENESS_P99 * 1000, color="tab:blue", ls="--", lw=1, label="50 ms")
     top.axhline(GOAL_WEBHOOK * 1000, color="tab:orange", ls="--", lw=1, label="250 ms")
     top.set_yscale("log")

@@ -19,9 +19,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import hashlib
-import hmac
-import json
 import os
 import resource
 import shutil
@@ -29,7 +26,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -158,21 +154,7 @@ class Bench:
         return time.monotonic() - start
 
     async def post_event(self, n: int) -> int:
-        body = json.dumps(
-            {
-                "action": "opened",
-                "repository": {"full_name": "agented/bench"},
-                "issue": {"number": n},
-                "bench": n,
-            }
-        ).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-GitHub-Event": "issues",
-            "X-GitHub-Delivery": str(uuid.uuid4()),
-            "X-Hub-Signature-256": "sha256="
-            + hmac.new(common.WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest(),
-        }
+        body, headers = common.signed_webhook(n)
         sent = time.monotonic()
         async with self.session.post(
             f"{URL}/api/webhooks/github", data=body, headers=headers
