@@ -156,16 +156,22 @@ def test_streams_end_when_the_process_shuts_down(app, open_stream):
         reconnect.next()
 
 
-def test_one_query_per_poll_whatever_the_number_of_subscribers(app, open_stream, monkeypatch):
+def traced_queries(monkeypatch) -> list[str]:
+    """The SQL statements run on every connection db.connect opens from now on."""
     queries: list[str] = []
     connect = db.connect
 
-    def counting_connect(path):
+    def tracing_connect(path):
         connection = connect(path)
         connection.set_trace_callback(queries.append)
         return connection
 
-    monkeypatch.setattr(db, "connect", counting_connect)
+    monkeypatch.setattr(db, "connect", tracing_connect)
+    return queries
+
+
+def test_one_query_per_poll_whatever_the_number_of_subscribers(app, open_stream, monkeypatch):
+    queries = traced_queries(monkeypatch)
     streams = [open_stream() for _ in range(30)]
     for stream in streams:
         stream.next()
@@ -302,15 +308,7 @@ def test_an_unexpected_error_in_one_poll_is_logged_once_and_polling_goes_on(
 def test_a_long_replay_is_read_and_sent_in_pages(app, open_stream, monkeypatch):
     app.config["SSE_REPLAY_LIMIT"] = 1000
     created = add_events(app, 2 * events.PAGE_SIZE + 50)
-    queries: list[str] = []
-    connect = db.connect
-
-    def counting_connect(path):
-        connection = connect(path)
-        connection.set_trace_callback(queries.append)
-        return connection
-
-    monkeypatch.setattr(db, "connect", counting_connect)
+    queries = traced_queries(monkeypatch)
     stream = open_stream("0")
     chunks = []
     received: list[int] = []
