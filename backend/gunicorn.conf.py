@@ -122,6 +122,7 @@ _EVENT_STREAM_PATH = "/api/events"
 
 def on_starting(server):
     """Runs in the master before it listens and forks any worker."""
+    _share_the_instance_stop(server)
     _raise_open_files_limit(server)
     _migrate(server)
     _keep_secrets()
@@ -136,6 +137,29 @@ def on_reload(server):
 def when_ready(server):
     """Runs in the master once it listens, before it forks the first worker."""
     _feed_the_watchdog_from_the_main_loop(server)
+    _announce_the_instance_stop(server)
+
+
+def _share_the_instance_stop(server):
+    """One byte of memory shared by the master and every worker it will fork: 1 once the
+    whole instance stops (SIGTERM, SIGINT or SIGQUIT to the master). Workers stop for a
+    reload (SIGHUP) too, on the very same SIGTERM from the master; only this byte tells
+    readiness, in a draining worker, whether the instance goes on serving."""
+    import mmap  # noqa: PLC0415 -- only the master creates it, once
+
+    server.agented_instance_stop = mmap.mmap(-1, 1)  # anonymous, shared across fork
+
+
+def _announce_the_instance_stop(server):
+    """Set the shared byte before the master passes a stop on to its workers."""
+    for name in ("handle_term", "handle_int", "handle_quit"):
+        handler = getattr(server, name)
+
+        def announce_then_handle(handler=handler):
+            server.agented_instance_stop[0] = 1
+            handler()
+
+        setattr(server, name, announce_then_handle)
 
 
 def _feed_the_watchdog_from_the_main_loop(server):
@@ -245,6 +269,7 @@ def post_fork(server, worker):
     their next heartbeat.
     """
     _answer_unparsable_requests_in_json()
+    worker.agented_instance_stop = getattr(server, "agented_instance_stop", None)
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
@@ -272,9 +297,59 @@ def post_worker_init(worker):
     extensions = getattr(worker.wsgi, "extensions", {})
     lifecycle = extensions.get("agented_lifecycle")
     if lifecycle is not None:
-        lifecycle.attach(lambda: worker.alive)
+        lifecycle.attach(lambda: worker.alive, _instance_serving(worker))
+    _stop_accepting_at_once(worker)
     _notice_stops_promptly(worker, lifecycle)
     _bound_connections(worker)
+
+
+def _instance_serving(worker):
+    """Whether the instance this worker belongs to goes on serving: its master is alive and
+    has not been told to stop. A worker drained by a reload belongs to a serving instance."""
+    stop = worker.agented_instance_stop
+
+    def serving():
+        return os.getppid() == worker.ppid and (stop is None or stop[0] == 0)
+
+    return serving
+
+
+def _stop_accepting_at_once(worker):
+    """Stop taking connections off the listening socket the moment a stop signal arrives.
+
+    Gunicorn's gevent worker only stops its servers when its main loop next looks at
+    worker.alive; until then it goes on accepting connections it will serve while it drains.
+    The listening socket stays open (systemd, the master or the new workers hold it), so a
+    connection not taken here waits in the backlog for a live worker.
+    """
+    try:
+        from gunicorn.workers import ggevent  # noqa: PLC0415 -- only in gevent workers
+    except ImportError:
+        return
+    servers = []
+
+    class _RecordedStreamServer(ggevent.StreamServer):
+        def start(self):
+            super().start()
+            servers.append(self)
+
+    ggevent.StreamServer = _RecordedStreamServer
+
+    def stopping_first(handler):
+        def handle(signum, frame):
+            for server in servers:
+                server.stop_accepting()
+            handler(signum, frame)
+
+        return handle
+
+    for signum, handler in (
+        (signal.SIGTERM, worker.handle_exit),
+        (signal.SIGQUIT, worker.handle_quit),
+        (signal.SIGINT, worker.handle_quit),
+    ):
+        signal.signal(signum, stopping_first(handler))
+    signal.siginterrupt(signal.SIGTERM, False)
 
 
 def _bound_connections(worker):

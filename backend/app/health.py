@@ -1,5 +1,5 @@
 """Health checks: ``/health/liveness`` (the process answers) and ``/health/readiness`` (it
-can do its job: database reachable, schema exactly this release's, not shutting down)."""
+can do its job: database reachable, schema exactly this release's, the instance not shutting down)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def _schema_problem(version: int) -> str | None:
 def readiness() -> ResponseReturnValue:
     """Only reads, with a connection that cannot write: a probe must never change the
     database, and migrations belong to the start of the service, not to whoever probes."""
-    if lifecycle.get().stopping:
+    # Not ``stopping``: a worker drained by a reload still answers its kept-alive connections,
+    # and the instance is as ready as before; only a stop of the whole instance is "not ready".
+    if lifecycle.get().instance_stopping:
         return _not_ready("shutting down")
     path = current_app.config["AGENTED_DB_PATH"]
     try:

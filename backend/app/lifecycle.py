@@ -23,15 +23,27 @@ def _always_alive() -> bool:
 class Lifecycle:
     def __init__(self) -> None:
         self._alive: Callable[[], bool] = _always_alive
+        self._instance_serving: Callable[[], bool] = _always_alive
         self._on_stop: list[Callable[[], None]] = []
 
-    def attach(self, alive: Callable[[], bool]) -> None:
-        """Use ``alive()`` to learn whether the process still serves (e.g. lambda: worker.alive)."""
+    def attach(
+        self, alive: Callable[[], bool], instance_serving: Callable[[], bool] | None = None
+    ) -> None:
+        """Use ``alive()`` to learn whether this process still serves (e.g. lambda:
+        worker.alive), and ``instance_serving()`` whether the whole instance does (a worker
+        drained by a reload is stopping, but its instance serves on); by default the same."""
         self._alive = alive
+        self._instance_serving = instance_serving or alive
 
     @property
     def stopping(self) -> bool:
+        """This process stops: end long responses now."""
         return not self._alive()
+
+    @property
+    def instance_stopping(self) -> bool:
+        """The whole instance stops: readiness says so."""
+        return not self._instance_serving()
 
     def when_stopping(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` from stopped() (e.g. wake a poller that watches ``stopping``)."""
