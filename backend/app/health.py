@@ -1,5 +1,6 @@
 """Health checks: ``/health/liveness`` (the process answers) and ``/health/readiness`` (it
-can do its job: database reachable, schema exactly this release's, the instance not shutting down)."""
+can do its job: database reachable, schema exactly this release's, the instance not shutting
+down)."""
 
 from __future__ import annotations
 
