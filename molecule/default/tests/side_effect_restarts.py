@@ -6,6 +6,7 @@ tests of one host run back to back (pytest groups them by host), as the crash-lo
 allow.
 """
 
+import json
 import subprocess
 import time
 
@@ -16,6 +17,8 @@ from conftest import (
     RESTART_PROMISE,
     SERVICE,
     SOCKET,
+    URL,
+    VENV,
     figure,
     in_host_checks,
     name_of,
@@ -251,3 +254,90 @@ def test_service_comes_back_after_a_reboot(host, reboots):
     )
     assert r["ready"], r
     assert r["after"]["ActiveState"] == "active" and r["after"]["UnitFileState"] == "enabled", r
+
+
+# Open-loop load from inside the host (a new connection per request, on schedule whatever happened
+# to the earlier ones) while the master is SIGKILLed, each kill once the service has been ready
+# again for a second. Prints one JSON line: requests sent, answered 2xx, and every failure.
+_LOAD_THROUGH_KILLS = r"""
+import json, subprocess, sys, threading, time, urllib.error, urllib.request
+url, kills, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+results, lock, stop = [], threading.Lock(), threading.Event()
+
+def one(sent):
+    try:
+        with urllib.request.urlopen(url + "/health/liveness", timeout=30) as answer:
+            outcome = answer.status
+    except urllib.error.HTTPError as error:
+        outcome = error.code
+    except OSError as error:
+        outcome = type(error).__name__ + ": " + str(error)
+    with lock:
+        results.append((round(sent, 3), outcome))
+
+def main_pid():
+    out = subprocess.run(["systemctl", "show", "-P", "MainPID", "agented.service"],
+                         capture_output=True, text=True).stdout
+    return int(out.strip() or 0)
+
+def ready():
+    try:
+        with urllib.request.urlopen(url + "/health/readiness", timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+def serving_for(seconds, old):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if main_pid() not in (0, old) and ready():
+            time.sleep(seconds)
+            return True
+        time.sleep(0.05)
+    return False
+
+def load():
+    start, n, threads = time.monotonic(), 0, []
+    while not stop.is_set():
+        at = start + n / rate
+        time.sleep(max(0.0, at - time.monotonic()))
+        thread = threading.Thread(target=one, args=(at - start,))
+        thread.start()
+        threads.append(thread)
+        n += 1
+    for thread in threads:
+        thread.join(40)
+
+loader = threading.Thread(target=load)
+loader.start()
+time.sleep(1)
+killed, back = 0, True
+for _ in range(kills):
+    old = main_pid()
+    subprocess.run(["kill", "-KILL", str(old)], check=True)
+    killed += 1
+    if not serving_for(1.0, old):
+        back = False
+        break
+stop.set()
+loader.join(60)
+failed = [r for r in results if not (isinstance(r[1], int) and 200 <= r[1] < 300)]
+print(json.dumps({"kills": killed, "back": back, "requests": len(results),
+                  "failed": len(failed), "failures": failed[:20]}))
+"""
+
+
+def test_no_request_is_lost_through_three_sigkills_of_the_master(host):
+    """Every request sent while the master is SIGKILLed three times is answered 2xx: systemd's
+    socket holds new connections while no worker accepts, and dying workers stop accepting."""
+    command = f"{VENV}/bin/python - {URL} 3 50 <<'PYTHON'\n{_LOAD_THROUGH_KILLS}\nPYTHON"
+    r = json.loads(sh(host, command).splitlines()[-1])
+    figure(
+        TABLE,
+        "requests lost through 3 SIGKILLs under 50/s",
+        name_of(host),
+        f"{r['failed']} of {r['requests']}",
+    )
+    assert r["back"], f"not serving again after a kill: {r}"
+    assert r["kills"] == 3 and r["requests"] > 100, r
+    assert r["failed"] == 0, f"lost or non-2xx requests through the kills: {r}"
