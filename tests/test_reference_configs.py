@@ -54,7 +54,7 @@ def test_reference_unit_uses_the_documented_paths_and_restart_policy():
         "Restart=on-failure",
         "RestartForceExitStatus=0",
         "RestartSec=3",
-        "KillMode=mixed",
+        "KillMode=control-group",
         "TimeoutStopSec=30",
     ]:
         assert line in unit.splitlines(), line

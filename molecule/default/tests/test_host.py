@@ -147,7 +147,7 @@ def test_unit_restarts_on_failure_within_the_promise(host):
     assert seconds(p["RestartUSec"]) <= RESTART_PROMISE, p["RestartUSec"]
     # Gunicorn exits 0 on SIGTERM: without this a plain `kill <master>` would not restart it.
     assert "0" in p["RestartForceExitStatus"].split(), p["RestartForceExitStatus"]
-    assert p["KillMode"] == "mixed"
+    assert p["KillMode"] == "control-group"
     assert seconds(p["TimeoutStopUSec"]) == 30
     assert (p["User"], p["Group"]) == (USER, GROUP)
     assert p["WorkingDirectory"] == CURRENT
