@@ -85,11 +85,9 @@ def test_counters_change_with_traffic_and_sum_over_the_workers(gunicorn, tmp_pat
     replaying.wait_for(lambda event: event.get("id") == "6")
     replaying.close()
     assert value(scrape(server), "agented_events_replayed_total") >= 4
-    print(
-        "\nmetrics: deliveries", outcomes,
-        "sqlite writes", value(after, "agented_sqlite_write_seconds_count"),
-        "sum", round(value(after, "agented_sqlite_write_seconds_sum"), 4), "s",
-    )
+    writes = value(after, "agented_sqlite_write_seconds_count")
+    spent = value(after, "agented_sqlite_write_seconds_sum")
+    print(f"\nmetrics: deliveries {outcomes}, {writes:.0f} SQLite writes in {spent:.4f} s")
 
 
 def test_the_values_of_an_earlier_run_are_gone_after_a_restart(gunicorn, tmp_path):
