@@ -105,8 +105,9 @@ def parse_networks(value: str | None) -> tuple[ipaddress.IPv4Network | ipaddress
 
 
 def release_id() -> str:
-    """The release directory the backend runs from (releases/<id>/backend), else "dev"."""
-    release = os.path.dirname(os.path.realpath(settings.BACKEND_DIR))
+    """The release the backend runs from (the role's releases/<id>, which `current` points
+    to), else "dev"."""
+    release = os.path.realpath(settings.BACKEND_DIR)
     if os.path.basename(os.path.dirname(release)) == "releases":
         return os.path.basename(release)
     return "dev"

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from app import metrics, settings
 from app.factory import create_app
 from app.metrics import parse_networks
 from helpers import deliver
@@ -131,3 +132,13 @@ def test_a_malformed_allowed_address_is_refused_with_its_name(text):
 
 def test_an_empty_list_allows_nobody():
     assert parse_networks(" , ") == ()
+
+
+def test_build_info_names_the_release_current_points_to(tmp_path, monkeypatch):
+    release = tmp_path / "backend" / "releases" / "3f2a9c"
+    release.mkdir(parents=True)
+    (tmp_path / "backend" / "current").symlink_to(release)
+    monkeypatch.setattr(settings, "BACKEND_DIR", str(tmp_path / "backend" / "current"))
+    assert metrics.release_id() == "3f2a9c"
+    monkeypatch.setattr(settings, "BACKEND_DIR", str(tmp_path))
+    assert metrics.release_id() == "dev"
