@@ -488,3 +488,46 @@ def pre_request(worker, req):
         ):
             req.force_close()
             return
+
+
+#
+# Metrics (prometheus_client's multiprocess mode)
+#
+# Each worker keeps its metric values in files of one directory, and GET /metrics sums them
+# over all workers. The directory is under the service's runtime directory (systemd's
+# RUNTIME_DIRECTORY, emptied by systemd when the service stops), else a new one in the
+# temporary directory, and it is emptied here at every start: values of workers of an earlier
+# run would otherwise be summed in. It must be set before any worker imports prometheus_client.
+
+
+def _metrics_directory():
+    import tempfile  # noqa: PLC0415 -- only here
+
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return os.path.join(runtime, "metrics")
+    # Never shared with another server: each would empty the other's values.
+    return tempfile.mkdtemp(prefix="agented-metrics-")
+
+
+def _empty_metrics_directory(directory):
+    import shutil  # noqa: PLC0415 -- only here
+
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+
+
+_METRICS_DIR = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _metrics_directory())
+_on_starting_without_metrics = on_starting
+
+
+def on_starting(server):  # the hook above, plus the metrics directory
+    _empty_metrics_directory(_METRICS_DIR)
+    _on_starting_without_metrics(server)
+
+
+def child_exit(server, worker):
+    """A worker that left: its live gauges (open streams, build info) stop counting."""
+    from prometheus_client import multiprocess  # noqa: PLC0415 -- the master needs it only here
+
+    multiprocess.mark_process_dead(worker.pid, _METRICS_DIR)

@@ -48,7 +48,7 @@ from typing import NamedTuple
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from . import cooperative, db, errors, lifecycle
+from . import cooperative, db, errors, lifecycle, metrics
 
 bp = Blueprint("events", __name__, url_prefix="/api")
 log = logging.getLogger(__name__)
@@ -412,11 +412,13 @@ def stream(
             if not page:
                 break
             cursor = page[-1].id
+            metrics.EVENTS_REPLAYED.inc(len(page))
             yield from send(chunk + b"".join(event.frame for event in page))
             chunk = b""
         if chunk:
             yield from send(chunk)
 
+    metrics.EVENT_STREAMS_OPEN.inc()
     try:
         yield from send_replay(replay, preamble)
         cursor = replay.newest
@@ -430,12 +432,14 @@ def stream(
                 continue
             for page in _pages(events):
                 cursor = page[-1].id
+                metrics.EVENTS_SENT.inc(len(page))
                 yield from send(b"".join(event.frame for event in page))
             if hub.closed:
                 return
             if not waiter.wait(heartbeat) and not hub.closed:
                 yield from send(b": heartbeat\n\n")
     finally:
+        metrics.EVENT_STREAMS_OPEN.dec()
         hub.unsubscribe(subscription)
 
 

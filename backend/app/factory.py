@@ -27,6 +27,7 @@ from . import (
     health,
     jobs,
     lifecycle,
+    metrics,
     request_db,
     secret_key,
     settings,
@@ -129,7 +130,8 @@ def register_extensions(app: Flask) -> None:
             origins=list(origins),
             expose_headers=["Content-Type"],
         )
-    auth.init_app(app)  # first: an unauthenticated request touches nothing else
+    metrics.init_app(app)  # first: its timer sees every request, refused ones too
+    auth.init_app(app)  # an unauthenticated request touches nothing else
     lifecycle.init_app(app)
     request_db.init_app(app)
     events.init_app(app)
@@ -137,5 +139,5 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (health, webhooks, events, executions, config_api):
+    for module in (health, webhooks, events, executions, config_api, metrics):
         app.register_blueprint(module.bp)

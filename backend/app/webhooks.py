@@ -50,7 +50,7 @@ import gevent
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
-from . import auth, body_limits, db, errors, events, request_db, write_lock
+from . import auth, body_limits, db, errors, events, metrics, request_db, write_lock
 from .executions import SQLITE_MAX_INTEGER, execution_row_to_dict
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks")
@@ -178,10 +178,26 @@ def github() -> tuple[Response, int] | Response:
                 request_db.get_db(), delivery, config["AGENTED_DB_LOCK_WAIT_SECS"]
             )
         except Refused as refusal:
+            has_secret = bool(config["GITHUB_WEBHOOK_SECRET"])
+            metrics.count_delivery(_outcome(refusal, has_secret=has_secret))
             return _refusal(refusal)
+    metrics.count_delivery("stored" if status == 202 else "duplicate")
     if status == 202:
         events.notify()
     return jsonify(answer), status
+
+
+def _outcome(refusal: Refused, *, has_secret: bool) -> str:
+    """The metrics' name for why a delivery was refused (see metrics.WEBHOOK_OUTCOMES)."""
+    if not has_secret:
+        return "no_secret"
+    if refusal.status == 413:
+        return "too_large"
+    if refusal.status == 401:
+        return "bad_signature"
+    if refusal.status == 400:
+        return "bad_headers" if refusal.message.startswith("X-GitHub-") else "bad_json"
+    return "refused"  # for load or time: 408, 429, 503
 
 
 def _refusal(refusal: Refused) -> Response:

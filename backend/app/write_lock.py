@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import gevent
 
-from . import db
+from . import db, metrics
 
 # How long one attempt lets SQLite's busy handler block the loop.
 BUSY_ATTEMPT_MS = 5
@@ -38,11 +38,13 @@ def transaction(connection: sqlite3.Connection, wait_secs: float) -> Iterator[sq
     """Like :func:`app.db.transaction`, with the lock waited for cooperatively for at most
     ``wait_secs``: :class:`LockNotAcquired` then, with nothing written."""
     connection.execute(f"PRAGMA busy_timeout = {BUSY_ATTEMPT_MS:d}")
+    started = time.perf_counter()
     try:
         deadline = time.monotonic() + wait_secs
         with db.transaction(connection, begin=lambda: _begin_immediate(connection, deadline)):
             yield connection
     finally:
+        metrics.SQLITE_WRITE_LATENCY.observe(time.perf_counter() - started)
         # The connection may serve more of the request: back to the usual busy timeout.
         connection.execute(f"PRAGMA busy_timeout = {int(db.BUSY_TIMEOUT_SECS * 1000):d}")
 

@@ -32,6 +32,7 @@ NON_DEFAULTS = {
     "GUNICORN_CONNECTIONS_PER_CLIENT": "50",
     "GUNICORN_RESERVED_CONNECTIONS": "10",
     "LOG_LEVEL": "warning",
+    "METRICS_ALLOWED_IPS": "10.0.0.0/8,::1",
     "GUNICORN_CONTROL_SOCKET": "/run/agented/gunicorn.ctl",
     "TZ": "Asia/Tokyo",
     "CORS_ALLOWED_ORIGINS": "https://app.example.com, http://localhost:5173",
@@ -620,7 +621,13 @@ wsgi_environ["wsgi.input"] = None
 
 
 # Set by systemd for the service's main process, never by an operator: not configuration.
-SERVICE_MANAGER_VARIABLES = {"WATCHDOG_USEC", "WATCHDOG_PID"}
+# PROMETHEUS_MULTIPROC_DIR is set by gunicorn.conf.py itself, for prometheus_client.
+SERVICE_MANAGER_VARIABLES = {
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "RUNTIME_DIRECTORY",
+    "PROMETHEUS_MULTIPROC_DIR",
+}
 
 
 def test_every_environment_variable_read_is_declared():

@@ -72,6 +72,15 @@ SETTINGS: tuple[Setting, ...] = (
         description="""Time zone of the process (log timestamps, agent runs). Unset: the
         system's time zone. Timestamps in the API are always UTC.""",
     ),
+    _setting(
+        name="METRICS_ALLOWED_IPS",
+        section="Server",
+        kind="string",
+        default="127.0.0.1,::1",
+        description="""Addresses and networks (comma-separated, e.g. 127.0.0.1,::1,10.0.0.0/8)
+        that may read GET /metrics, the Prometheus counters; any other client gets 403. Empty:
+        nobody.""",
+    ),
     # --- CORS ---
     _setting(
         name="CORS_ALLOWED_ORIGINS",
