@@ -123,6 +123,7 @@ _EVENT_STREAM_PATH = "/api/events"
 def on_starting(server):
     """Runs in the master before it listens and forks any worker."""
     _share_the_instance_stop(server)
+    _empty_metrics_directory(_METRICS_DIR)
     _raise_open_files_limit(server)
     _migrate(server)
     _keep_secrets()
@@ -501,13 +502,16 @@ def pre_request(worker, req):
 
 
 def _metrics_directory():
+    """The directory, and whether it is a temporary one of this server's own."""
     import tempfile  # noqa: PLC0415 -- only here
 
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return os.environ["PROMETHEUS_MULTIPROC_DIR"], False
     runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime:
-        return os.path.join(runtime, "metrics")
+        return os.path.join(runtime, "metrics"), False
     # Never shared with another server: each would empty the other's values.
-    return tempfile.mkdtemp(prefix="agented-metrics-")
+    return tempfile.mkdtemp(prefix="agented-metrics-"), True
 
 
 def _empty_metrics_directory(directory):
@@ -517,13 +521,16 @@ def _empty_metrics_directory(directory):
     os.makedirs(directory, mode=0o700, exist_ok=True)
 
 
-_METRICS_DIR = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _metrics_directory())
-_on_starting_without_metrics = on_starting
+_METRICS_DIR, _METRICS_DIR_IS_TEMPORARY = _metrics_directory()
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _METRICS_DIR
 
 
-def on_starting(server):  # the hook above, plus the metrics directory
-    _empty_metrics_directory(_METRICS_DIR)
-    _on_starting_without_metrics(server)
+def on_exit(server):
+    """A directory of our own in the temporary directory goes with the server that made it."""
+    if _METRICS_DIR_IS_TEMPORARY:
+        import shutil  # noqa: PLC0415 -- only here
+
+        shutil.rmtree(_METRICS_DIR, ignore_errors=True)
 
 
 def child_exit(server, worker):

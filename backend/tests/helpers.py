@@ -251,6 +251,8 @@ class Gunicorn:
                 "GUNICORN_CONTROL_SOCKET": "off",
                 "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
                 "API_TOKEN": API_TOKEN,
+                # As systemd gives it: the metrics directory lives here, not in /tmp.
+                "RUNTIME_DIRECTORY": str(state_dir / f"run-{self.port}"),
             }
         self.env = clean_environment(**(overrides | (env or {})))
         self.process: subprocess.Popen | None = None
