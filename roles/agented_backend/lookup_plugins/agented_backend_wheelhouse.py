@@ -2,16 +2,18 @@ DOCUMENTATION = r"""
 name: agented_backend_wheelhouse
 short_description: Wheelhouses of the locked runtime dependencies and uv, one per target platform
 description:
-  - Reads uv.lock on the controller, walks the runtime dependencies of the project (no dev group) for
-    each target platform, picks the best wheel of every locked package for that platform and fetches it,
-    verified against the lock's SHA-256, together with a wheel of uv itself.
+  - Reads uv.lock on the controller, walks the runtime dependencies of the project (no dev
+    group) for each target platform, picks the best wheel of every locked package for that
+    platform and fetches it, verified against the lock's SHA-256, together with a wheel of uv.
   - Wheels are cached by hash under the cache directory, and each wheelhouse is packed once into
-    C(<cache>/wheelhouses/<id>.tar), where the id covers uv.lock, the platform and the uv version, so a
+    C(<cache>/wheelhouses/<id>.tar), where the id covers uv.lock, the platform and the uv
+    version, so a
     second play with the same inputs fetches nothing.
   - A locked package without a wheel for a platform fails, naming the package and the platform.
 options:
   _terms:
-    description: Target platforms, dicts with C(system) (Linux or Darwin), C(machine), C(python) (X.Y.Z)
+    description: Target platforms, dicts with C(system) (Linux or Darwin), C(machine),
+      C(python) (X.Y.Z)
       and C(libc) (glibc X.Y on Linux, the macOS version on Darwin).
     required: true
   lock:
@@ -30,9 +32,9 @@ options:
 
 RETURN = r"""
 _raw:
-  description: One dict mapping each platform's key to C(id), C(archive), C(requirements) (the name of
-    the pinned requirements file inside it), C(wheels) and C(fetched_bytes) (bytes downloaded by this
-    call).
+  description: One dict mapping each platform's key to C(id), C(archive), C(requirements)
+    (the name of the pinned requirements file inside it), C(wheels) and C(fetched_bytes)
+    (bytes downloaded by this call).
   type: list
   elements: dict
 """
@@ -81,7 +83,7 @@ def _platform_tags(target):
     if target["system"] == "Darwin":
         version = tuple(int(part) for part in str(target["libc"]).split(".")[:2])
         arch = "arm64" if machine == "arm64" else "x86_64"
-        return list(tags.mac_platforms(version=(version + (0,))[:2], arch=arch))
+        return list(tags.mac_platforms(version=(*version, 0)[:2], arch=arch))
     raise AnsibleLookupError(f"no wheels are known for system {target['system']!r}")
 
 
@@ -90,7 +92,9 @@ def supported_tags(target):
     python = tuple(int(part) for part in str(target["python"]).split(".")[:2])
     interpreter = f"cp{python[0]}{python[1]}"
     platforms = _platform_tags(target)
-    return list(tags.cpython_tags(python_version=python, abis=[interpreter], platforms=platforms)) + list(
+    return list(
+        tags.cpython_tags(python_version=python, abis=[interpreter], platforms=platforms)
+    ) + list(
         tags.compatible_tags(python_version=python, interpreter=interpreter, platforms=platforms)
     )
 
@@ -121,7 +125,9 @@ def runtime_packages(lock, target):
         by_name.setdefault(canonicalize_name(package["name"]), []).append(package)
     roots = [p for p in packages if set(p.get("source", {})) & {"virtual", "editable"}]
     if len(roots) != 1:
-        raise AnsibleLookupError("uv.lock holds no single project of its own (a virtual or editable source)")
+        raise AnsibleLookupError(
+            "uv.lock holds no single project of its own (a virtual or editable source)"
+        )
     environment = marker_environment(target)
     wanted, seen = [], set()
     pending = [(roots[0], ())]
@@ -138,7 +144,9 @@ def runtime_packages(lock, target):
             if "version" in dependency:
                 candidates = [c for c in candidates if c["version"] == dependency["version"]]
             if len(candidates) != 1:
-                raise AnsibleLookupError(f"uv.lock does not pin {dependency['name']} to one version")
+                raise AnsibleLookupError(
+                    f"uv.lock does not pin {dependency['name']} to one version"
+                )
             child = candidates[0]
             key = (canonicalize_name(child["name"]), tuple(dependency.get("extra", [])))
             if key in seen:
@@ -160,7 +168,8 @@ def best_wheel(name, version, wheels, target):
             best = (min(ranks), filename, wheel)
     if best is None:
         raise AnsibleLookupError(
-            f"{name} {version} (locked in uv.lock) has no wheel for platform {platform_key(target)};"
+            f"{name} {version} (locked in uv.lock) has no wheel"
+            f" for platform {platform_key(target)};"
             " build one, lock a version that has one, or set agented_backend_install_from: index"
         )
     return best[1], best[2]
@@ -171,10 +180,10 @@ def uv_wheels(index, version, cache):
     path = os.path.join(cache, "uv", f"{version}.json")
     fetched = 0
     if not os.path.exists(path):
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 -- _open allows HTTPS only
             f"{index.rstrip('/')}/uv/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
         )
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with _open(request, timeout=60) as response:
             body = response.read()
         fetched = len(body)
         files = [f for f in json.loads(body)["files"] if f["filename"].startswith(f"uv-{version}-")]
@@ -182,11 +191,22 @@ def uv_wheels(index, version, cache):
     with open(path, "rb") as handle:
         files = json.load(handle)
     wheels = [
-        {"url": entry["url"], "hash": "sha256:" + entry["hashes"]["sha256"], "size": entry.get("size")}
+        {
+            "url": entry["url"],
+            "hash": "sha256:" + entry["hashes"]["sha256"],
+            "size": entry.get("size"),
+        }
         for entry in files
         if entry["filename"].endswith(".whl")
     ]
     return wheels, fetched
+
+
+def _open(request, timeout):
+    url = request if isinstance(request, str) else request.full_url
+    if not url.startswith("https://"):
+        raise AnsibleLookupError(f"only HTTPS downloads are allowed, not {url}")
+    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 -- HTTPS checked above
 
 
 def _write_atomically(path, body):
@@ -197,12 +217,12 @@ def _write_atomically(path, body):
 
 
 def fetch(url, digest, cache):
-    """The cached path of a wheel, downloaded and checked against its SHA-256 unless cached already."""
+    """The cached path of a wheel, downloaded and checked against its SHA-256 unless cached."""
     algorithm, expected = digest.split(":", 1)
     path = os.path.join(cache, "wheels", expected, url.rsplit("/", 1)[-1])
     if os.path.exists(path):
         return path, 0
-    with urllib.request.urlopen(url, timeout=300) as response:
+    with _open(url, timeout=300) as response:
         body = response.read()
     if hashlib.new(algorithm, body).hexdigest() != expected:
         raise AnsibleLookupError(f"{url} does not match its hash in uv.lock ({digest})")
@@ -218,7 +238,12 @@ def build(target, lock_path, uv_version, cache, index):
         b"\0".join([lock_bytes, key.encode(), uv_version.encode(), b"1"])
     ).hexdigest()[:16]
     archive = os.path.join(cache, "wheelhouses", f"{key}-{wheelhouse_id}.tar")
-    result = {"id": wheelhouse_id, "platform": key, "archive": archive, "requirements": REQUIREMENTS}
+    result = {
+        "id": wheelhouse_id,
+        "platform": key,
+        "archive": archive,
+        "requirements": REQUIREMENTS,
+    }
     if os.path.exists(archive):
         with tarfile.open(archive) as packed:
             result["wheels"] = sorted(name for name in packed.getnames() if name.endswith(".whl"))
@@ -228,7 +253,9 @@ def build(target, lock_path, uv_version, cache, index):
     lock = tomllib.loads(lock_bytes.decode())
     chosen = []
     for package in runtime_packages(lock, target):
-        filename, wheel = best_wheel(package["name"], package["version"], package.get("wheels", []), target)
+        filename, wheel = best_wheel(
+            package["name"], package["version"], package.get("wheels", []), target
+        )
         chosen.append((package["name"], package["version"], filename, wheel))
     uv_candidates, fetched = uv_wheels(index, uv_version, cache)
     filename, wheel = best_wheel("uv", uv_version, uv_candidates, target)
@@ -236,21 +263,25 @@ def build(target, lock_path, uv_version, cache, index):
 
     requirements = []
     os.makedirs(os.path.dirname(archive), exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=os.path.dirname(archive), delete=False) as handle:
-        with tarfile.open(fileobj=handle, mode="w") as packed:
-            for name, version, filename, wheel in chosen:
-                path, size = fetch(wheel["url"], wheel["hash"], cache)
-                fetched += size
-                packed.add(path, arcname=filename)
-                if name != "uv":
-                    requirements.append(f"{name}=={version} --hash={wheel['hash']}\n")
-            body = "".join(requirements).encode()
-            info = tarfile.TarInfo(REQUIREMENTS)
-            info.size = len(body)
-            info.mode = 0o644
-            packed.addfile(info, fileobj=io.BytesIO(body))
+    with (
+        tempfile.NamedTemporaryFile(dir=os.path.dirname(archive), delete=False) as handle,
+        tarfile.open(fileobj=handle, mode="w") as packed,
+    ):
+        for name, version, filename, wheel in chosen:
+            path, size = fetch(wheel["url"], wheel["hash"], cache)
+            fetched += size
+            packed.add(path, arcname=filename)
+            if name != "uv":
+                requirements.append(f"{name}=={version} --hash={wheel['hash']}\n")
+        body = "".join(requirements).encode()
+        info = tarfile.TarInfo(REQUIREMENTS)
+        info.size = len(body)
+        info.mode = 0o644
+        packed.addfile(info, fileobj=io.BytesIO(body))
     os.replace(handle.name, archive)
-    return dict(result, wheels=sorted(filename for _, _, filename, _ in chosen), fetched_bytes=fetched)
+    return dict(
+        result, wheels=sorted(filename for _, _, filename, _ in chosen), fetched_bytes=fetched
+    )
 
 
 class LookupModule(LookupBase):
@@ -263,6 +294,10 @@ class LookupModule(LookupBase):
             key = platform_key(target)
             if key not in wheelhouses:
                 wheelhouses[key] = build(
-                    target, self.get_option("lock"), self.get_option("uv_version"), cache, self.get_option("index")
+                    target,
+                    self.get_option("lock"),
+                    self.get_option("uv_version"),
+                    cache,
+                    self.get_option("index"),
                 )
         return [wheelhouses]
