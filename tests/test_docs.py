@@ -60,6 +60,7 @@ def test_every_entry_point_specifies_every_variable_the_role_reads():
     # Names that are not variables: the plugins and the role's tag.
     plugins = set(FilterModule().filters()) | {
         "agented_backend_release",
+        "agented_backend_wheelhouse",
         "agented_backend_validate",
     }
     read = set()
