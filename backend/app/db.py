@@ -216,3 +216,61 @@ def migrate(path: str) -> int:
 
 def now() -> float:
     return time.time()
+
+
+def status(path: str) -> dict:
+    """What starting this release would do to the database at ``path``, read without writing
+    or creating it: the role asks a new release this before activating it."""
+    try:
+        connection = connect_read_only(path)
+    except sqlite3.OperationalError:
+        version = None
+    else:
+        try:
+            version = schema_version(connection)
+            problem = compatibility_problem(connection)
+        finally:
+            connection.close()
+    return {
+        "database_version": version,
+        "release_version": SCHEMA_VERSION,
+        "oldest_compatible_after": oldest_compatible(SCHEMA_VERSION),
+        "migrates": version is not None and version < SCHEMA_VERSION,
+        "problem": None if version is None else problem,
+    }
+
+
+def snapshot(path: str, destination: str) -> None:
+    """An online, consistent copy of a live WAL database through SQLite's backup API (a
+    file copy could miss what is still in the WAL), created with mode 0600."""
+    descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(descriptor)
+    source = connect_read_only(path)
+    try:
+        target = sqlite3.connect(destination)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def _main(argv: list[str]) -> int:
+    import json  # noqa: PLC0415 -- only the command line needs it
+    import sys  # noqa: PLC0415
+
+    if len(argv) == 2 and argv[0] == "status":
+        print(json.dumps(status(argv[1]), sort_keys=True))
+        return 0
+    if len(argv) == 3 and argv[0] == "snapshot":
+        snapshot(argv[1], argv[2])
+        return 0
+    print("usage: python -m app.db status DB | snapshot DB DESTINATION", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_main(sys.argv[1:]))

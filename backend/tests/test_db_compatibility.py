@@ -3,10 +3,17 @@ and a release is ready on a newer database exactly when it is compatible with it
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import stat
+import subprocess
+import sys
+
 import pytest
 
 from app import db
 from app.factory import create_app
+from helpers import BACKEND_DIR
 
 
 def release_app(path):
@@ -100,3 +107,64 @@ def test_not_ready_on_a_newer_incompatible_database_and_says_what_it_needs(tmp_p
         f"database schema version {db.SCHEMA_VERSION + 1} is newer than this release's"
         f" ({db.SCHEMA_VERSION}) and needs at least version {db.SCHEMA_VERSION + 1}"
     )
+
+
+def run_db_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "app.db", *args],
+        cwd=BACKEND_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_status_says_whether_starting_this_release_migrates_without_writing(tmp_path):
+    path = tmp_path / "agented.db"
+    missing = run_db_cli("status", str(path))
+    assert missing.returncode == 0, missing.stderr
+    assert json.loads(missing.stdout)["database_version"] is None
+    assert not path.exists()
+
+    connection = sqlite3.connect(path, isolation_level=None)
+    for statement in db.MIGRATIONS[0].statements:
+        connection.execute(statement)
+    connection.execute("PRAGMA user_version = 1")
+    connection.close()
+    before = path.stat()
+    answer = json.loads(run_db_cli("status", str(path)).stdout)
+    assert answer == {
+        "database_version": 1,
+        "release_version": db.SCHEMA_VERSION,
+        "oldest_compatible_after": db.oldest_compatible(db.SCHEMA_VERSION),
+        "migrates": True,
+        "problem": f"database schema version 1 is older than this release's ({db.SCHEMA_VERSION})",
+    }
+    after = path.stat()
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+
+
+def test_snapshot_of_a_live_wal_database_holds_every_committed_row_with_mode_0600(tmp_path):
+    path = str(tmp_path / "agented.db")
+    db.migrate(path)
+    writer = db.connect(path)
+    try:
+        with db.transaction(writer):
+            writer.executemany(
+                "INSERT INTO deliveries (guid, event, payload, received_at)"
+                " VALUES (?, 'push', '{}', 0)",
+                [(f"g{n}",) for n in range(500)],
+            )
+        destination = tmp_path / "snapshot.db"
+        result = run_db_cli("snapshot", path, str(destination))
+        assert result.returncode == 0, result.stderr
+    finally:
+        writer.close()  # still open during the snapshot: the rows are in the WAL, not the file
+    assert stat.S_IMODE(destination.stat().st_mode) == 0o600
+    copy = sqlite3.connect(destination)
+    try:
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert copy.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 500
+    finally:
+        copy.close()
+    assert run_db_cli("snapshot", path, str(destination)).returncode != 0  # never overwrites
