@@ -214,7 +214,7 @@ def _migrate(server):
     """Bring the database to this release's schema, once, before any worker serves: workers
     never migrate and readiness only reads. A failure stops Gunicorn with one line (SystemExit,
     like an invalid setting); a database newer than the code is left alone, and readiness
-    answers 503 until a release that knows it runs."""
+    answers 503 on it unless this release is compatible with it."""
     import sqlite3  # noqa: PLC0415 -- only the master needs it, and only here
 
     path = _config["AGENTED_DB_PATH"]
@@ -223,18 +223,21 @@ def _migrate(server):
 
         try:
             version = db.migrate(path)
+            problem = _compatibility_problem(db, path)
         except (sqlite3.Error, OSError) as error:
             raise SystemExit(f"agented: cannot migrate the database {path}: {error}") from None
-        release_version = db.SCHEMA_VERSION
-    if version > release_version:
-        server.log.error(
-            "database %s has schema version %d, newer than this release's (%d): not ready",
-            path,
-            version,
-            release_version,
-        )
+    if problem:
+        server.log.error("database %s: %s: not ready", path, problem)
     else:
         server.log.info("database %s at schema version %d", path, version)
+
+
+def _compatibility_problem(db, path):
+    connection = db.connect_read_only(path)
+    try:
+        return db.compatibility_problem(connection)
+    finally:
+        connection.close()
 
 
 def _raise_open_files_limit(server):

@@ -13,6 +13,12 @@ master before it forks workers (gunicorn.conf.py), in run.py, and in tests throu
 :func:`migrate` applies what is missing inside BEGIN IMMEDIATE, so two processes migrating
 together (two masters during a restart) apply each migration once.
 
+Each migration declares whether it is *compatible*: whether a release at the version before
+it can still read and write the database after it (expand/contract: add, never remove or
+change the meaning of, what that release uses). The database records the oldest schema
+version that can still run on it (table ``schema_compatibility``), so an older release,
+which cannot know the migrations that came after it, can tell whether it is still ready.
+
 Standard library only: the Gunicorn master imports this module without Flask.
 """
 
@@ -24,59 +30,85 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 # How long a connection waits for another one's write lock before failing. Writes take
 # milliseconds, so reaching this means something is badly wrong.
 BUSY_TIMEOUT_SECS = 5.0
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+
+class Migration(NamedTuple):
+    # True when a release at the version before this migration still reads and writes
+    # the database correctly after it (see "Adding a migration" in the README).
+    compatible: bool
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: deliveries, the executions they start, and the event stream.
-    (
-        """CREATE TABLE deliveries (
-            id INTEGER PRIMARY KEY,
-            guid TEXT NOT NULL UNIQUE,        -- X-GitHub-Delivery
-            event TEXT NOT NULL,              -- X-GitHub-Event
-            action TEXT,
-            repository TEXT,
-            payload BLOB NOT NULL,            -- the body exactly as signed
-            received_at REAL NOT NULL
-        )""",
-        """CREATE TABLE executions (
-            id INTEGER PRIMARY KEY,
-            delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
-            source TEXT NOT NULL,
-            status TEXT NOT NULL
-                CHECK (status IN ('running', 'succeeded', 'failed', 'stale')),
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )""",
-        "CREATE INDEX executions_by_status ON executions (status, updated_at)",
-        # AUTOINCREMENT: an id is never reused, even after old events are pruned, so it can
-        # serve as the SSE event id that clients send back in Last-Event-ID.
-        """CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            type TEXT NOT NULL,
-            data TEXT NOT NULL,
-            created_at REAL NOT NULL
-        )""",
+    Migration(
+        compatible=False,  # nothing runs on a database without tables
+        statements=(
+            """CREATE TABLE deliveries (
+                id INTEGER PRIMARY KEY,
+                guid TEXT NOT NULL UNIQUE,        -- X-GitHub-Delivery
+                event TEXT NOT NULL,              -- X-GitHub-Event
+                action TEXT,
+                repository TEXT,
+                payload BLOB NOT NULL,            -- the body exactly as signed
+                received_at REAL NOT NULL
+            )""",
+            """CREATE TABLE executions (
+                id INTEGER PRIMARY KEY,
+                delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+                source TEXT NOT NULL,
+                status TEXT NOT NULL
+                    CHECK (status IN ('running', 'succeeded', 'failed', 'stale')),
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            "CREATE INDEX executions_by_status ON executions (status, updated_at)",
+            # AUTOINCREMENT: an id is never reused, even after old events are pruned, so it can
+            # serve as the SSE event id that clients send back in Last-Event-ID.
+            """CREATE TABLE events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                type TEXT NOT NULL,
+                data TEXT NOT NULL,
+                created_at REAL NOT NULL
+            )""",
+        ),
     ),
     # 2: conversations (an issue, pull request or discussion that deliveries refer to).
-    (
-        """CREATE TABLE conversations (
-            id INTEGER PRIMARY KEY,
-            key TEXT NOT NULL UNIQUE,         -- owner/repo#number
-            repository TEXT NOT NULL,
-            number INTEGER NOT NULL,
-            status TEXT NOT NULL CHECK (status IN ('active', 'stale')),
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )""",
-        "CREATE INDEX conversations_by_status ON conversations (status, updated_at)",
-        "ALTER TABLE executions ADD COLUMN conversation_id INTEGER REFERENCES conversations (id)",
+    Migration(
+        # Releases at version 1 required an exact schema match: they refuse any newer one.
+        compatible=False,
+        statements=(
+            """CREATE TABLE conversations (
+                id INTEGER PRIMARY KEY,
+                key TEXT NOT NULL UNIQUE,         -- owner/repo#number
+                repository TEXT NOT NULL,
+                number INTEGER NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('active', 'stale')),
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            "CREATE INDEX conversations_by_status ON conversations (status, updated_at)",
+            "ALTER TABLE executions"
+            " ADD COLUMN conversation_id INTEGER REFERENCES conversations (id)",
+        ),
     ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def oldest_compatible(version: int) -> int:
+    """The oldest schema version a release can have and still run on a database at
+    ``version``: the version reached by the last incompatible migration up to it."""
+    return max(
+        (number for number, m in enumerate(MIGRATIONS[:version], 1) if not m.compatible),
+        default=0,
+    )
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -115,10 +147,50 @@ def schema_version(connection: sqlite3.Connection) -> int:
     return connection.execute("PRAGMA user_version").fetchone()[0]
 
 
+def recorded_oldest_compatible(connection: sqlite3.Connection) -> int:
+    """What the database says; one migrated before the record existed needs its own version."""
+    try:
+        row = connection.execute("SELECT version FROM schema_compatibility").fetchone()
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):
+            raise
+        row = None
+    return schema_version(connection) if row is None else row[0]
+
+
+def compatibility_problem(connection: sqlite3.Connection) -> str | None:
+    """Why this release cannot run on the database, or None when it can."""
+    version = schema_version(connection)
+    if version < SCHEMA_VERSION:
+        return f"database schema version {version} is older than this release's ({SCHEMA_VERSION})"
+    if version > SCHEMA_VERSION:
+        oldest = recorded_oldest_compatible(connection)
+        if oldest > SCHEMA_VERSION:
+            return (
+                f"database schema version {version} is newer than this release's"
+                f" ({SCHEMA_VERSION}) and needs at least version {oldest}"
+            )
+    return None
+
+
+def _record_oldest_compatible(connection: sqlite3.Connection) -> None:
+    connection.execute(
+        """CREATE TABLE IF NOT EXISTS schema_compatibility (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL
+        )"""
+    )
+    connection.execute(
+        "INSERT INTO schema_compatibility (id, version) VALUES (1, ?)"
+        " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+        (oldest_compatible(SCHEMA_VERSION),),
+    )
+
+
 def migrate(path: str) -> int:
     """Create the database (and its directory) if needed, switch it to WAL and apply the
     missing migrations. Returns the schema version found or reached; a database newer than
-    this code is left alone (the caller reports it as not ready)."""
+    this code is left alone (readiness says whether this release can run on it)."""
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -128,13 +200,15 @@ def migrate(path: str) -> int:
         connection.execute("PRAGMA journal_mode = WAL")
         with transaction(connection):
             version = schema_version(connection)
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
+            for migration in MIGRATIONS[version:]:
+                for statement in migration.statements:
                     connection.execute(statement)
             if version < SCHEMA_VERSION:
                 # PRAGMA takes no parameters; the value is our own integer.
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
                 version = SCHEMA_VERSION
+            if version == SCHEMA_VERSION:
+                _record_oldest_compatible(connection)
         return version
     finally:
         connection.close()
@@ -142,3 +216,61 @@ def migrate(path: str) -> int:
 
 def now() -> float:
     return time.time()
+
+
+def status(path: str) -> dict:
+    """What starting this release would do to the database at ``path``, read without writing
+    or creating it: the role asks a new release this before activating it."""
+    try:
+        connection = connect_read_only(path)
+    except sqlite3.OperationalError:
+        version = None
+    else:
+        try:
+            version = schema_version(connection)
+            problem = compatibility_problem(connection)
+        finally:
+            connection.close()
+    return {
+        "database_version": version,
+        "release_version": SCHEMA_VERSION,
+        "oldest_compatible_after": oldest_compatible(SCHEMA_VERSION),
+        "migrates": version is not None and version < SCHEMA_VERSION,
+        "problem": None if version is None else problem,
+    }
+
+
+def snapshot(path: str, destination: str) -> None:
+    """An online, consistent copy of a live WAL database through SQLite's backup API (a
+    file copy could miss what is still in the WAL), created with mode 0600."""
+    descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(descriptor)
+    source = connect_read_only(path)
+    try:
+        target = sqlite3.connect(destination)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def _main(argv: list[str]) -> int:
+    import json  # noqa: PLC0415 -- only the command line needs it
+    import sys  # noqa: PLC0415
+
+    if len(argv) == 2 and argv[0] == "status":
+        print(json.dumps(status(argv[1]), sort_keys=True))
+        return 0
+    if len(argv) == 3 and argv[0] == "snapshot":
+        snapshot(argv[1], argv[2])
+        return 0
+    print("usage: python -m app.db status DB | snapshot DB DESTINATION", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """Health checks: ``/health/liveness`` (the process answers) and ``/health/readiness`` (it
-can do its job: database reachable, schema exactly this release's, the instance not shutting
-down)."""
+can do its job: database reachable, schema this release can read and write, the instance not
+shutting down)."""
 
 from __future__ import annotations
 
@@ -25,18 +25,6 @@ def _not_ready(reason: str) -> ResponseReturnValue:
     return errors.error_response(503, reason, reason=reason)
 
 
-def _schema_problem(version: int) -> str | None:
-    if version < db.SCHEMA_VERSION:
-        return (
-            f"database schema version {version} is older than this release's ({db.SCHEMA_VERSION})"
-        )
-    if version > db.SCHEMA_VERSION:
-        return (
-            f"database schema version {version} is newer than this release's ({db.SCHEMA_VERSION})"
-        )
-    return None
-
-
 @bp.get("/readiness")
 def readiness() -> ResponseReturnValue:
     """Only reads, with a connection that cannot write: a probe must never change the
@@ -50,12 +38,13 @@ def readiness() -> ResponseReturnValue:
         connection = db.connect_read_only(path)
         try:
             version = db.schema_version(connection)
+            problem = db.compatibility_problem(connection)
         finally:
             connection.close()
     except sqlite3.Error as error:
         # Anyone can probe readiness: the path and SQLite's message are for the log only.
         current_app.logger.warning("readiness: database %s unavailable: %s", path, error)
         return _not_ready("database unavailable")
-    if (problem := _schema_problem(version)) is not None:
+    if problem is not None:
         return _not_ready(problem)
     return jsonify(status="ready", schema_version=version, pid=os.getpid())

@@ -386,11 +386,10 @@ def store(
 
 def _store(connection: sqlite3.Connection, delivery: Delivery) -> tuple[int, dict]:
     # Checked under the write lock: no migration can come between the check and the inserts.
-    if (version := db.schema_version(connection)) != db.SCHEMA_VERSION:
+    if (problem := db.compatibility_problem(connection)) is not None:
         raise Refused(
             503,
-            f"The database's schema (version {version}) is not this release's"
-            f" ({db.SCHEMA_VERSION}): nothing is stored until a release that knows it runs",
+            f"The {problem}: nothing is stored until a release that can run on it does",
             retry_after=RETRY_AFTER_SECS,
         )
     received = db.now()

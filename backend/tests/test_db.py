@@ -43,7 +43,7 @@ def test_migrate_creates_directory_and_current_schema_in_wal_mode(tmp_path):
 def test_migrate_upgrades_an_older_schema_and_keeps_its_data(tmp_path):
     path = str(tmp_path / "agented.db")
     connection = sqlite3.connect(path, isolation_level=None)
-    for statement in db.MIGRATIONS[0]:
+    for statement in db.MIGRATIONS[0].statements:
         connection.execute(statement)
     connection.execute("PRAGMA user_version = 1")
     connection.execute(

@@ -52,6 +52,7 @@ def test_the_apps_own_refusals(app, client):
 
     connection = db.connect(app.config["AGENTED_DB_PATH"])
     connection.execute("PRAGMA user_version = 99")
+    connection.execute("UPDATE schema_compatibility SET version = 99")  # incompatible with us
     connection.close()
     body = assert_error(client.get("/health/readiness"), 503)
     assert body["reason"] == body["error"]

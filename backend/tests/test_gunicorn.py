@@ -83,7 +83,7 @@ def test_the_master_migrates_an_older_database_once_before_workers_serve(gunicor
     path = tmp_path / "state" / "agented.db"
     path.parent.mkdir()
     connection = sqlite3.connect(path, isolation_level=None)
-    for statement in db.MIGRATIONS[0]:
+    for statement in db.MIGRATIONS[0].statements:
         connection.execute(statement)
     connection.execute("PRAGMA user_version = 1")
     connection.close()

@@ -38,6 +38,7 @@ def test_readiness(client):
 def test_not_ready_when_the_schema_is_newer_than_the_code(app, client):
     connection = db.connect(app.config["AGENTED_DB_PATH"])
     connection.execute("PRAGMA user_version = 99")
+    connection.execute("UPDATE schema_compatibility SET version = 99")  # incompatible with us
     connection.close()
     response = client.get("/health/readiness")
     assert response.status_code == 503
@@ -108,7 +109,7 @@ def older_database(path) -> None:
     """A database at schema version 1, as the previous release left it."""
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("PRAGMA journal_mode = WAL")
-    for statement in db.MIGRATIONS[0]:
+    for statement in db.MIGRATIONS[0].statements:
         connection.execute(statement)
     connection.execute("PRAGMA user_version = 1")
     connection.close()

@@ -273,6 +273,7 @@ def test_a_database_newer_than_the_code_accepts_no_delivery(app, client):
     connection = db.connect(app.config["AGENTED_DB_PATH"])
     try:
         connection.execute("PRAGMA user_version = 99")
+        connection.execute("UPDATE schema_compatibility SET version = 99")  # incompatible with us
         response = deliver(client, {"action": "opened"}, guid="from-the-future")
         stored = connection.execute("SELECT count(*) FROM deliveries").fetchone()[0]
     finally:
