@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -168,3 +169,52 @@ def test_snapshot_of_a_live_wal_database_holds_every_committed_row_with_mode_060
     finally:
         copy.close()
     assert run_db_cli("snapshot", path, str(destination)).returncode != 0  # never overwrites
+
+
+def test_a_snapshot_taken_in_steps_while_a_writer_commits_is_one_moment_of_the_database(
+    tmp_path, monkeypatch
+):
+    """Every step of the copy reads the same snapshot: the copy holds every delivery committed
+    before it began and, of those committed while it ran, an unbroken first part, never a torn
+    mix, however many commits land between its steps."""
+    path = str(tmp_path / "agented.db")
+    db.migrate(path)
+    insert = "INSERT INTO deliveries (guid, event, payload, received_at) VALUES (?, 'push', ?, 0)"
+    writer = db.connect(path)
+    with db.transaction(writer):
+        writer.executemany(insert, [(f"before-{n}", b"x" * 4000) for n in range(3000)])
+    copying, stop, committed = threading.Event(), threading.Event(), []
+
+    def write() -> None:
+        connection = db.connect(path)
+        try:
+            # Bounded: a copy that started again after every commit would finish only then.
+            while not stop.is_set() and len(committed) < 3000:
+                with db.transaction(connection):
+                    connection.execute(insert, (f"during-{len(committed)}", b"y" * 4000))
+                committed.append(copying.is_set())
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(db, "SNAPSHOT_STEP_PAGES", 8)
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        destination = tmp_path / "snapshot.db"
+        copying.set()
+        db.snapshot(path, str(destination))
+        copying.clear()
+    finally:
+        stop.set()
+        thread.join()
+        writer.close()
+    assert committed.count(True) > 20  # the writer went on while the copy was taken,
+    assert committed[-1] is False  # and the copy was done before the writer was
+    copy = sqlite3.connect(destination)
+    try:
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        guids = {row[0] for row in copy.execute("SELECT guid FROM deliveries")}
+    finally:
+        copy.close()
+    during = len(guids) - 3000
+    assert guids == {f"before-{n}" for n in range(3000)} | {f"during-{n}" for n in range(during)}
