@@ -68,6 +68,14 @@ provision inventory *args:
 rollback inventory *args:
     ansible-playbook -i "{{ inventory }}" playbooks/rollback.yml {{ args }}
 
+# Remove the backend from the hosts of an inventory; the data stays unless `-e agented_backend_purge=true`.
+uninstall inventory *args:
+    ansible-playbook -i "{{ inventory }}" playbooks/uninstall.yml {{ args }}
+
+# The last deploy records of each host of an inventory (`-e agented_history_lines=N`, default 10).
+history inventory *args:
+    ansible-playbook -i "{{ inventory }}" playbooks/history.yml {{ args }}
+
 # ansible-lint (production profile), playbook syntax, and ruff over all Python (ruff.toml; the backend pins it).
 lint:
     ansible-lint --profile production

@@ -14,7 +14,12 @@ from conftest import ROOT
 ANSIBLE_PLAYBOOK = (
     shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or "ansible-playbook"
 )
-REFERENCE_FILES = ["agented.service", "agented.socket", "com.agented.backend.plist"]
+REFERENCE_FILES = [
+    "agented.service",
+    "agented.socket",
+    "com.agented.backend.plist",
+    "agented.newsyslog.conf",
+]
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +90,23 @@ def test_unit_and_plist_stop_timeouts_agree():
     unit = (ROOT / "deploy" / "agented.service").read_text()
     plist = plistlib.loads((ROOT / "deploy" / "com.agented.backend.plist").read_bytes())
     assert f"TimeoutStopSec={plist['ExitTimeOut']}\n" in unit
+
+
+def test_newsyslog_rotates_both_launchd_logs_as_root_files():
+    plist = plistlib.loads((ROOT / "deploy" / "com.agented.backend.plist").read_bytes())
+    entries = [
+        line.split()
+        for line in (ROOT / "deploy" / "agented.newsyslog.conf").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    # logfilename owner:group mode count size when flags
+    assert [entry[0] for entry in entries] == [
+        plist["StandardOutPath"],
+        plist["StandardErrorPath"],
+    ]
+    for _, owner, mode, count, size, when, flags in entries:
+        # Recreated as root's and read-only to others: the service cannot rewrite its log.
+        assert (owner, mode) == ("root:wheel", "644")
+        assert (int(count), int(size), when) == (5, 10240, "*")
+        # No signal (N) and no compression of the file launchd may still write to.
+        assert "N" in flags and "J" not in flags and "Z" not in flags

@@ -1,6 +1,11 @@
 """The role's controller-side plugins, run against the real backend/ of this repository."""
 
+import multiprocessing
+import os
 import re
+import socket
+import subprocess
+import time
 
 import pytest
 import yaml
@@ -17,7 +22,7 @@ from agented_backend_release import copy, release
 from ansible.errors import AnsibleFilterError, AnsibleLookupError
 from dotenv import dotenv_values
 
-from conftest import BACKEND, ROLE
+from conftest import BACKEND, ROLE, ROOT
 
 SRC = str(BACKEND)
 
@@ -271,3 +276,65 @@ def test_the_role_masks_with_the_backends_function():
 
     settings = agented_backend._settings(SRC)
     assert settings.mask_url_credentials("https://u:p@h/?token=t") == "https://***@h/?token=***"
+
+
+# --- the deploy lock and the controller it names ---------------------------------------------
+
+
+def _ended_pid():
+    process = subprocess.Popen(["/bin/true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_lock_holds_while_its_playbook_runs_and_is_stale_once_it_is_gone():
+    from agented_backend_lock import agented_backend_lock_stale as stale  # noqa: PLC0415
+
+    now = time.time()
+    here = socket.gethostname()
+    running = {"controller": here, "pid": os.getpid(), "epoch": now - 10}
+    assert stale(running, 3600, now) == ""
+    assert "is gone" in stale({**running, "pid": _ended_pid()}, 3600, now)
+    # Another controller's pid means nothing here: only the age counts.
+    assert stale({**running, "controller": "elsewhere", "pid": _ended_pid()}, 3600, now) == ""
+    assert "3600 s" in stale({**running, "controller": "elsewhere", "epoch": now - 4000}, 3600, now)
+    assert stale({}, 3600, now) == ""
+
+
+def test_a_lock_file_is_read_as_its_record_or_as_unreadable():
+    from agented_backend_lock import (  # noqa: PLC0415
+        agented_backend_lock_read,
+        agented_backend_lock_stale,
+    )
+
+    assert agented_backend_lock_read("") == {}
+    assert agented_backend_lock_read('{"user": "alice"}\n') == {"user": "alice"}
+    garbage = agented_backend_lock_read("not json")
+    assert garbage == {"unreadable": "not json"}
+    assert agented_backend_lock_stale(garbage, 3600, time.time())
+
+
+def _controller_in_a_worker(directory, queue):
+    from agented_backend_controller import controller  # noqa: PLC0415
+
+    queue.put(controller(directory))
+
+
+def test_the_controller_is_the_playbook_process_with_its_checkout_commit(tmp_path):
+    from agented_backend_controller import controller  # noqa: PLC0415
+
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    # Ansible evaluates lookups in workers it forks: the pid is that of their parent.
+    queue = multiprocessing.get_context("fork").Queue()
+    worker = multiprocessing.get_context("fork").Process(
+        target=_controller_in_a_worker, args=(str(ROOT / "playbooks"), queue)
+    )
+    worker.start()
+    seen = queue.get(timeout=30)
+    worker.join()
+    assert seen["pid"] == os.getpid()
+    assert seen["commit"] == head
+    assert seen["host"] == socket.gethostname()
+    assert controller(str(tmp_path))["commit"] == ""

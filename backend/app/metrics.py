@@ -89,19 +89,14 @@ for _outcome in WEBHOOK_OUTCOMES:
 
 
 def parse_networks(value: str | None) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """The networks of a comma-separated METRICS_ALLOWED_IPS; ValueError naming what is wrong."""
-    networks = []
-    for item in (part.strip() for part in (value or "").split(",")):
-        if not item:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(
-                f"METRICS_ALLOWED_IPS: {item!r} is not an IP address or network; use a"
-                " comma-separated list such as 127.0.0.1,::1,10.0.0.0/8"
-            ) from None
-    return tuple(networks)
+    """The networks of METRICS_ALLOWED_IPS (settings check it at load already); ValueError
+    naming the setting and what is wrong."""
+    try:
+        return settings.split_networks(value or "")
+    except ValueError as error:
+        raise ValueError(
+            f"METRICS_ALLOWED_IPS: {error}; use {settings.KINDS['networks']}"
+        ) from None
 
 
 def release_id() -> str:

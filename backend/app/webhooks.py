@@ -102,13 +102,24 @@ def _conversation(payload: dict) -> tuple[str, int] | None:
 
 
 class Refused(Exception):
-    """A delivery that is not accepted, with the answer it gets; ``retry_after`` (seconds)
-    for a refusal that says nothing about the delivery itself, only about the load."""
+    """A delivery that is not accepted, with the answer it gets and the metrics' name for why
+    (``outcome``, one of metrics.WEBHOOK_OUTCOMES); ``retry_after`` (seconds) for a refusal
+    that says nothing about the delivery itself, only about the load or the time."""
 
-    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        outcome: str = "refused",
+        retry_after: int | None = None,
+    ) -> None:
+        if outcome not in metrics.WEBHOOK_OUTCOMES:
+            raise ValueError(f"unknown webhook outcome {outcome!r}: see metrics.WEBHOOK_OUTCOMES")
         super().__init__(message)
         self.status = status
         self.message = message
+        self.outcome = outcome
         self.retry_after = retry_after
 
 
@@ -167,7 +178,11 @@ def github() -> tuple[Response, int] | Response:
         try:
             secret = config["GITHUB_WEBHOOK_SECRET"]
             if not secret:
-                raise Refused(503, "GITHUB_WEBHOOK_SECRET is not set: no delivery can be verified")
+                raise Refused(
+                    503,
+                    "GITHUB_WEBHOOK_SECRET is not set: no delivery can be verified",
+                    outcome="no_secret",
+                )
             body = read_verified_body(held, secret, request.headers.get("X-Hub-Signature-256"))
             delivery = parse(
                 body,
@@ -178,26 +193,12 @@ def github() -> tuple[Response, int] | Response:
                 request_db.get_db(), delivery, config["AGENTED_DB_LOCK_WAIT_SECS"]
             )
         except Refused as refusal:
-            has_secret = bool(config["GITHUB_WEBHOOK_SECRET"])
-            metrics.count_delivery(_outcome(refusal, has_secret=has_secret))
+            metrics.count_delivery(refusal.outcome)
             return _refusal(refusal)
     metrics.count_delivery("stored" if status == 202 else "duplicate")
     if status == 202:
         events.notify()
     return jsonify(answer), status
-
-
-def _outcome(refusal: Refused, *, has_secret: bool) -> str:
-    """The metrics' name for why a delivery was refused (see metrics.WEBHOOK_OUTCOMES)."""
-    if not has_secret:
-        return "no_secret"
-    if refusal.status == 413:
-        return "too_large"
-    if refusal.status == 401:
-        return "bad_signature"
-    if refusal.status == 400:
-        return "bad_headers" if refusal.message.startswith("X-GitHub-") else "bad_json"
-    return "refused"  # for load or time: 408, 429, 503
 
 
 def _refusal(refusal: Refused) -> Response:
@@ -240,7 +241,7 @@ def read_verified_body(held: contextlib.ExitStack, secret: str, header: str | No
     limit = config["GITHUB_WEBHOOK_MAX_BYTES"]
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise Refused(413, _too_large(limit))
+        raise Refused(413, _too_large(limit), outcome="too_large")
     limits: _Limits = current_app.extensions[_LIMITS_KEY]
 
     address = request.remote_addr or ""
@@ -300,7 +301,7 @@ def _spool_body(spool: IO[bytes], limit: int, timeout: int, secret: str) -> tupl
         while chunk := stream.read(_CHUNK_BYTES):
             size += len(chunk)
             if size > limit:
-                raise Refused(413, _too_large(limit))
+                raise Refused(413, _too_large(limit), outcome="too_large")
             digest.update(chunk)
             spool.write(chunk)
             # A socket with data waiting never yields: let other requests run between chunks.
@@ -323,22 +324,30 @@ def verify_signature(expected: str, header: str | None) -> None:
         expected.encode(),
         header.encode("utf-8", "surrogateescape"),
     ):
-        raise Refused(401, "X-Hub-Signature-256 is missing or does not match the body")
+        raise Refused(
+            401,
+            "X-Hub-Signature-256 is missing or does not match the body",
+            outcome="bad_signature",
+        )
 
 
 def parse(body: bytes, guid: str | None, event: str | None) -> Delivery:
     """The delivery that the (verified) body and headers describe; 400 when malformed."""
     if not guid or not _DELIVERY_RE.fullmatch(guid):
-        raise Refused(400, "X-GitHub-Delivery is missing or malformed")
+        raise Refused(400, "X-GitHub-Delivery is missing or malformed", outcome="bad_headers")
     event = event or "unknown"
     if not _EVENT_RE.fullmatch(event):
-        raise Refused(400, "X-GitHub-Event is malformed")
+        raise Refused(400, "X-GitHub-Event is malformed", outcome="bad_headers")
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):
         payload = None
     if not isinstance(payload, dict):
-        raise Refused(400, "The body is not a JSON object: use content type application/json")
+        raise Refused(
+            400,
+            "The body is not a JSON object: use content type application/json",
+            outcome="bad_json",
+        )
     delivery = Delivery(guid, event, payload, body)
     _check_storable(delivery)
     return delivery
@@ -354,12 +363,14 @@ def _check_storable(delivery: Delivery) -> None:
             try:
                 value.encode()
             except UnicodeEncodeError:
-                raise Refused(400, f"The payload's {name} is not valid Unicode") from None
+                raise Refused(
+                    400, f"The payload's {name} is not valid Unicode", outcome="bad_json"
+                ) from None
     for name in _CONVERSATION_OBJECTS:
         subject = delivery.payload.get(name)
         number = subject.get("number") if isinstance(subject, dict) else None
         if isinstance(number, int) and not -SQLITE_MAX_INTEGER - 1 <= number <= SQLITE_MAX_INTEGER:
-            raise Refused(400, f"The payload's {name}.number is out of range")
+            raise Refused(400, f"The payload's {name}.number is out of range", outcome="bad_json")
 
 
 def store(

@@ -142,3 +142,12 @@ def test_build_info_names_the_release_current_points_to(tmp_path, monkeypatch):
     assert metrics.release_id() == "3f2a9c"
     monkeypatch.setattr(settings, "BACKEND_DIR", str(tmp_path))
     assert metrics.release_id() == "dev"
+
+
+def test_a_refusal_names_a_known_outcome():
+    from app.webhooks import Refused  # noqa: PLC0415
+
+    assert Refused(401, "bad", outcome="bad_signature").outcome == "bad_signature"
+    assert Refused(429, "busy").outcome == "refused"
+    with pytest.raises(ValueError, match="unknown webhook outcome"):
+        Refused(400, "bad", outcome="bad_mood")

@@ -296,6 +296,8 @@ def test_cli_check_reports_one_line(tmp_path):
         ("TZ", "Mars/Olympus_Mons", "time zone name"),
         ("CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS", "yes", "use one of 0, 1"),
         ("GUNICORN_WORKERS", "0", "from 1 to 64"),
+        ("METRICS_ALLOWED_IPS", "127.0.0.1,localhost", "list of IP addresses and networks"),
+        ("METRICS_ALLOWED_IPS", "10.0.0.0/33", "list of IP addresses and networks"),
     ],
 )
 def test_invalid_values_are_one_line_naming_variable_value_and_rule(name, value, message):
@@ -318,6 +320,8 @@ def test_invalid_values_are_one_line_naming_variable_value_and_rule(name, value,
         ("TZ", "UTC"),
         ("SSE_REPLAY_LIMIT", "0"),
         ("LOG_LEVEL", ""),
+        ("METRICS_ALLOWED_IPS", "127.0.0.1, ::1,10.0.0.0/8"),
+        ("METRICS_ALLOWED_IPS", ""),
     ],
 )
 def test_valid_values(name, value):

@@ -36,6 +36,7 @@ from .schema import (
     dotenv_unquote,
     mask_url_credentials,
     parse_bind,
+    split_networks,
     split_origins,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "public_view",
     "read_env_file",
     "render_example",
+    "split_networks",
     "unknown_names",
 ]
 

@@ -75,7 +75,7 @@ SETTINGS: tuple[Setting, ...] = (
     _setting(
         name="METRICS_ALLOWED_IPS",
         section="Server",
-        kind="string",
+        kind="networks",
         default="127.0.0.1,::1",
         description="""Addresses and networks (comma-separated, e.g. 127.0.0.1,::1,10.0.0.0/8)
         that may read GET /metrics, the Prometheus counters; any other client gets 403. Empty:

@@ -39,6 +39,8 @@ KINDS = {
     "url": "an http:// or https:// URL",
     "origins": "* or a comma-separated list of origins such as https://app.example.com",
     "timezone": "a time zone name from the tz database, such as UTC or Europe/Berlin",
+    "networks": "a comma-separated list of IP addresses and networks such as"
+    " 127.0.0.1,::1,10.0.0.0/8 (empty: none)",
 }
 
 _NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -256,6 +258,28 @@ def split_origins(value: str) -> tuple[str, ...]:
     return tuple(origin.strip() for origin in value.split(","))
 
 
+def split_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The networks of a comma-separated list (a lone address is a /32 or /128); empty items
+    are skipped. ValueError naming the first item that is neither."""
+    networks = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _valid_networks(value: str) -> bool:
+    try:
+        split_networks(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _valid_timezone(value: str) -> bool:
     import zoneinfo  # noqa: PLC0415 -- only needed when TZ is set
 
@@ -295,6 +319,8 @@ def _check(setting: Setting, value: str) -> str | None:
         ok = value == "*" or all(_valid_origin(origin) for origin in split_origins(value))
     elif kind == "timezone":
         ok = _valid_timezone(value)
+    elif kind == "networks":
+        ok = _valid_networks(value)
     else:  # string
         ok = "\0" not in value
     if ok:
