@@ -68,6 +68,14 @@ provision inventory *args:
 rollback inventory *args:
     ansible-playbook -i "{{ inventory }}" playbooks/rollback.yml {{ args }}
 
+# Snapshot the database of every host into its backups/ directory, online.
+backup inventory *args:
+    ansible-playbook -i "{{ inventory }}" playbooks/backup.yml {{ args }}
+
+# Replace the database of every host with snapshot NAME of its backups/ directory (the current one is kept aside).
+restore inventory name *args:
+    ansible-playbook -i "{{ inventory }}" playbooks/restore.yml -e agented_backend_restore={{ quote(name) }} {{ args }}
+
 # ansible-lint (production profile), playbook syntax, and ruff over all Python (ruff.toml; the backend pins it).
 lint:
     ansible-lint --profile production
