@@ -224,7 +224,8 @@ def _record_schema(connection: sqlite3.Connection) -> None:
     )
     connection.executemany(
         "INSERT INTO schema_migrations (version, name, compatible) VALUES (?, ?, ?)"
-        " ON CONFLICT (version) DO UPDATE SET name = excluded.name, compatible = excluded.compatible",
+        " ON CONFLICT (version)"
+        " DO UPDATE SET name = excluded.name, compatible = excluded.compatible",
         [(number, m.name, int(m.compatible)) for number, m in enumerate(MIGRATIONS, 1)],
     )
 

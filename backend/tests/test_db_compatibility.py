@@ -43,7 +43,8 @@ def newer_database(path, *, oldest: int, extra: int = 1) -> None:
     ],
 )
 def test_oldest_compatible_follows_the_last_incompatible_migration(monkeypatch, flags, expected):
-    monkeypatch.setattr(db, "MIGRATIONS", tuple(db.Migration(f, (), f"m{n}") for n, f in enumerate(flags)))
+    migrations = tuple(db.Migration(f, (), f"m{n}") for n, f in enumerate(flags))
+    monkeypatch.setattr(db, "MIGRATIONS", migrations)
     assert [db.oldest_compatible(version) for version in range(len(flags) + 1)] == expected
 
 
