@@ -75,6 +75,13 @@ uninstall inventory *args:
 # The last deploy records of each host of an inventory (`-e agented_history_lines=N`, default 10).
 history inventory *args:
     ansible-playbook -i "{{ inventory }}" playbooks/history.yml {{ args }}
+# Snapshot the database of every host into its backups/ directory, online.
+backup inventory *args:
+    ansible-playbook -i "{{ inventory }}" playbooks/backup.yml {{ args }}
+
+# Replace the database of every host with snapshot NAME of its backups/ directory (the current one is kept aside).
+restore inventory name *args:
+    ansible-playbook -i "{{ inventory }}" playbooks/restore.yml -e agented_backend_restore={{ quote(name) }} {{ args }}
 
 # ansible-lint (production profile), playbook syntax, and ruff over all Python (ruff.toml; the backend pins it).
 lint:

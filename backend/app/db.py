@@ -16,8 +16,10 @@ together (two masters during a restart) apply each migration once.
 Each migration declares whether it is *compatible*: whether a release at the version before
 it can still read and write the database after it (expand/contract: add, never remove or
 change the meaning of, what that release uses). The database records the oldest schema
-version that can still run on it (table ``schema_compatibility``), so an older release,
-which cannot know the migrations that came after it, can tell whether it is still ready.
+version that can still run on it (table ``schema_compatibility``) and every migration's
+name (table ``schema_migrations``), so an older release, which cannot know the migrations
+that came after it, can tell whether it is still ready, and if not, which one it cannot
+run after.
 
 Standard library only: the Gunicorn master imports this module without Flask.
 """
@@ -44,11 +46,16 @@ class Migration(NamedTuple):
     # the database correctly after it (see "Adding a migration" in the README).
     compatible: bool
     statements: tuple[str, ...]
+    # What it does, in a few words. Recorded in the database (table schema_migrations), so
+    # that an older release, which cannot know it, can still say which migration it cannot
+    # run after.
+    name: str
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     # 1: deliveries, the executions they start, and the event stream.
     Migration(
+        name="deliveries, executions and events",
         compatible=False,  # nothing runs on a database without tables
         statements=(
             """CREATE TABLE deliveries (
@@ -82,6 +89,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # 2: conversations (an issue, pull request or discussion that deliveries refer to).
     Migration(
+        name="conversations",
         # Releases at version 1 required an exact schema match: they refuse any newer one.
         compatible=False,
         statements=(
@@ -160,6 +168,20 @@ def recorded_oldest_compatible(connection: sqlite3.Connection) -> int:
     return schema_version(connection) if row is None else row[0]
 
 
+def recorded_migrations(connection: sqlite3.Connection) -> dict[int, tuple[str, bool]]:
+    """{version: (name, compatible)} of the migrations the database records; empty for one
+    migrated before the record existed."""
+    try:
+        rows = connection.execute(
+            "SELECT version, name, compatible FROM schema_migrations"
+        ).fetchall()
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):
+            raise
+        return {}
+    return {row[0]: (row[1], bool(row[2])) for row in rows}
+
+
 def compatibility_problem(connection: sqlite3.Connection) -> str | None:
     """Why this release cannot run on the database, or None when it can."""
     version = schema_version(connection)
@@ -168,14 +190,22 @@ def compatibility_problem(connection: sqlite3.Connection) -> str | None:
     if version > SCHEMA_VERSION:
         oldest = recorded_oldest_compatible(connection)
         if oldest > SCHEMA_VERSION:
+            recorded = recorded_migrations(connection)
+            blocking = [
+                f"{number} ({recorded[number][0]})"
+                for number in range(SCHEMA_VERSION + 1, oldest + 1)
+                if number in recorded and not recorded[number][1]
+            ]
+            named = f": incompatible migration {', '.join(blocking)}" if blocking else ""
             return (
                 f"database schema version {version} is newer than this release's"
-                f" ({SCHEMA_VERSION}) and needs at least version {oldest}"
+                f" ({SCHEMA_VERSION}) and needs at least version {oldest}{named}"
             )
     return None
 
 
-def _record_oldest_compatible(connection: sqlite3.Connection) -> None:
+def _record_schema(connection: sqlite3.Connection) -> None:
+    """Record the oldest version that can run on this schema, and every migration's name."""
     connection.execute(
         """CREATE TABLE IF NOT EXISTS schema_compatibility (
             id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -186,6 +216,19 @@ def _record_oldest_compatible(connection: sqlite3.Connection) -> None:
         "INSERT INTO schema_compatibility (id, version) VALUES (1, ?)"
         " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
         (oldest_compatible(SCHEMA_VERSION),),
+    )
+    connection.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            compatible INTEGER NOT NULL CHECK (compatible IN (0, 1))
+        )"""
+    )
+    connection.executemany(
+        "INSERT INTO schema_migrations (version, name, compatible) VALUES (?, ?, ?)"
+        " ON CONFLICT (version)"
+        " DO UPDATE SET name = excluded.name, compatible = excluded.compatible",
+        [(number, m.name, int(m.compatible)) for number, m in enumerate(MIGRATIONS, 1)],
     )
 
 
@@ -210,7 +253,7 @@ def migrate(path: str) -> int:
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
                 version = SCHEMA_VERSION
             if version == SCHEMA_VERSION:
-                _record_oldest_compatible(connection)
+                _record_schema(connection)
         return version
     finally:
         connection.close()
@@ -233,11 +276,19 @@ def status(path: str) -> dict:
             problem = compatibility_problem(connection)
         finally:
             connection.close()
+    migrates = version is not None and version < SCHEMA_VERSION
     return {
         "database_version": version,
         "release_version": SCHEMA_VERSION,
         "oldest_compatible_after": oldest_compatible(SCHEMA_VERSION),
-        "migrates": version is not None and version < SCHEMA_VERSION,
+        "migrates": migrates,
+        # The migrations starting this release would apply, as "<version> (<name>)".
+        "migrations": [
+            f"{number} ({MIGRATIONS[number - 1].name})"
+            for number in range(version + 1, SCHEMA_VERSION + 1)
+        ]
+        if migrates
+        else [],
         "problem": None if version is None else problem,
     }
 
@@ -274,6 +325,37 @@ def snapshot(path: str, destination: str) -> None:
         os.close(descriptor)
 
 
+def verify(path: str) -> dict:
+    """Whether the file at ``path`` (a snapshot, say) is a sound database this release can run
+    on (``problem``), and would migrate first (``migrates``), read without writing anything
+    beside it (immutable: no lock, no -wal or -shm file)."""
+    answer = {
+        "integrity": None,
+        "database_version": None,
+        "release_version": SCHEMA_VERSION,
+        "migrates": False,
+        "problem": None,
+    }
+    if not os.path.isfile(path):
+        answer["integrity"] = f"{path} is not a file"
+        return answer
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro&immutable=1"
+    try:
+        connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            rows = [row[0] for row in connection.execute("PRAGMA integrity_check")]
+            answer["integrity"] = "; ".join(rows)
+            if rows == ["ok"]:
+                answer["database_version"] = schema_version(connection)
+                answer["migrates"] = answer["database_version"] < SCHEMA_VERSION
+                answer["problem"] = compatibility_problem(connection)
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        answer["integrity"] = str(error)
+    return answer
+
+
 def _main(argv: list[str]) -> int:
     import json  # noqa: PLC0415 -- only the command line needs it
     import sys  # noqa: PLC0415
@@ -284,7 +366,13 @@ def _main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "snapshot":
         snapshot(argv[1], argv[2])
         return 0
-    print("usage: python -m app.db status DB | snapshot DB DESTINATION", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "verify":
+        print(json.dumps(verify(argv[1]), sort_keys=True))
+        return 0
+    print(
+        "usage: python -m app.db status DB | snapshot DB DESTINATION | verify SNAPSHOT",
+        file=sys.stderr,
+    )
     return 2
 
 

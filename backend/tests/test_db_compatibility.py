@@ -44,7 +44,8 @@ def newer_database(path, *, oldest: int, extra: int = 1) -> None:
     ],
 )
 def test_oldest_compatible_follows_the_last_incompatible_migration(monkeypatch, flags, expected):
-    monkeypatch.setattr(db, "MIGRATIONS", tuple(db.Migration(f, ()) for f in flags))
+    migrations = tuple(db.Migration(f, (), f"m{n}") for n, f in enumerate(flags))
+    monkeypatch.setattr(db, "MIGRATIONS", migrations)
     assert [db.oldest_compatible(version) for version in range(len(flags) + 1)] == expected
 
 
@@ -110,6 +111,38 @@ def test_not_ready_on_a_newer_incompatible_database_and_says_what_it_needs(tmp_p
     )
 
 
+def test_migrate_records_every_migration_by_name(tmp_path):
+    path = str(tmp_path / "agented.db")
+    db.migrate(path)
+    connection = db.connect(path)
+    try:
+        assert db.recorded_migrations(connection) == {
+            number: (migration.name, migration.compatible)
+            for number, migration in enumerate(db.MIGRATIONS, 1)
+        }
+    finally:
+        connection.close()
+    assert all(migration.name for migration in db.MIGRATIONS)
+
+
+def test_an_older_release_names_the_newer_migration_it_cannot_run_after(tmp_path):
+    path = tmp_path / "agented.db"
+    newer_database(path, oldest=db.SCHEMA_VERSION + 1)
+    connection = db.connect(str(path))
+    try:
+        connection.execute(
+            "INSERT INTO schema_migrations (version, name, compatible) VALUES (?, ?, 0)",
+            (db.SCHEMA_VERSION + 1, "drop the source column"),
+        )
+        assert db.compatibility_problem(connection) == (
+            f"database schema version {db.SCHEMA_VERSION + 1} is newer than this release's"
+            f" ({db.SCHEMA_VERSION}) and needs at least version {db.SCHEMA_VERSION + 1}:"
+            f" incompatible migration {db.SCHEMA_VERSION + 1} (drop the source column)"
+        )
+    finally:
+        connection.close()
+
+
 def run_db_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "app.db", *args],
@@ -139,6 +172,10 @@ def test_status_says_whether_starting_this_release_migrates_without_writing(tmp_
         "release_version": db.SCHEMA_VERSION,
         "oldest_compatible_after": db.oldest_compatible(db.SCHEMA_VERSION),
         "migrates": True,
+        "migrations": [
+            f"{number} ({db.MIGRATIONS[number - 1].name})"
+            for number in range(2, db.SCHEMA_VERSION + 1)
+        ],
         "problem": f"database schema version 1 is older than this release's ({db.SCHEMA_VERSION})",
     }
     after = path.stat()
@@ -218,3 +255,47 @@ def test_a_snapshot_taken_in_steps_while_a_writer_commits_is_one_moment_of_the_d
         copy.close()
     during = len(guids) - 3000
     assert guids == {f"before-{n}" for n in range(3000)} | {f"during-{n}" for n in range(during)}
+def test_verify_reads_a_snapshot_without_writing_beside_it(tmp_path):
+    path = str(tmp_path / "agented.db")
+    db.migrate(path)
+    snapshot = tmp_path / "backups" / "snapshot.db"
+    snapshot.parent.mkdir()
+    db.snapshot(path, str(snapshot))
+    answer = json.loads(run_db_cli("verify", str(snapshot)).stdout)
+    assert answer == {
+        "integrity": "ok",
+        "database_version": db.SCHEMA_VERSION,
+        "release_version": db.SCHEMA_VERSION,
+        "migrates": False,
+        "problem": None,
+    }
+    assert sorted(p.name for p in snapshot.parent.iterdir()) == ["snapshot.db"]
+
+
+def test_verify_refuses_a_truncated_snapshot_and_a_missing_one(tmp_path):
+    path = str(tmp_path / "agented.db")
+    db.migrate(path)
+    connection = db.connect(path)
+    try:
+        with db.transaction(connection):
+            connection.executemany(
+                "INSERT INTO deliveries (guid, event, payload, received_at)"
+                " VALUES (?, 'push', ?, 0)",
+                [(f"g{n}", b"x" * 2000) for n in range(200)],
+            )
+    finally:
+        connection.close()
+    snapshot = tmp_path / "snapshot.db"
+    db.snapshot(path, str(snapshot))
+    data = snapshot.read_bytes()
+    snapshot.write_bytes(data[: len(data) // 2])
+    assert db.verify(str(snapshot))["integrity"] != "ok"
+    assert db.verify(str(tmp_path / "missing.db"))["integrity"] != "ok"
+
+
+def test_verify_reports_a_snapshot_this_release_cannot_run_on(tmp_path):
+    path = tmp_path / "agented.db"
+    newer_database(path, oldest=db.SCHEMA_VERSION + 1)
+    answer = db.verify(str(path))
+    assert answer["integrity"] == "ok"
+    assert "needs at least version" in answer["problem"]

@@ -54,6 +54,11 @@ def copy_release(destination: Path, change: str | None = None, src: Path = BACKE
     return destination
 
 
+def release_id(src: Path) -> str:
+    """The id the role gives a release of `src` (its directory under releases/)."""
+    return _release_lookup().release(str(src))["id"]
+
+
 # --- ansible-playbook -------------------------------------------------------------------------
 
 

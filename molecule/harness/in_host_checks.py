@@ -4,7 +4,7 @@ timed or where they must run for a while.
 A round trip from the controller (docker exec) costs tens of milliseconds, too coarse for
 "back within 5 seconds", so the kill, the polling and the clock all live on the host. The
 harness (molecule/harness/harness.py) ships this file with each call; every subcommand but
-sample-readiness prints one JSON line, which the harness reads.
+sample-readiness and post-webhooks prints one JSON line, which the harness reads.
 
     in_host_checks.py time-restart master|group|worker SIGNAL
         kill, then time until a new master (or, for a worker, a new worker) serves
@@ -12,6 +12,10 @@ sample-readiness prints one JSON line, which the harness reads.
         2xx for a signed delivery, SIGKILL of the master at once, time until a new one serves
     in_host_checks.py post-webhook DELIVERY_ID
         post one signed delivery
+    in_host_checks.py post-webhooks PREFIX SECONDS MAX OUT
+        steady load: post signed deliveries PREFIX-<n>, one after the other, for at most SECONDS
+        and MAX posts or until SIGTERM, appending one line per answer to OUT:
+            <answered, unix seconds> <delivery id> <HTTP status or error name>
     in_host_checks.py find-deliveries DELIVERY_ID...
         which ids the database holds (run as the service user: it must own any file it creates)
     in_host_checks.py wait-until-ready SECONDS
@@ -213,6 +217,20 @@ def post_webhook_then_sigkill(delivery):
     return result
 
 
+def post_webhooks(prefix, seconds, most, out):
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    end = time.monotonic() + float(seconds)
+    sent = 0
+    with open(out, "a", buffering=1) as stream:
+        while not stopping and sent < int(most) and time.monotonic() < end:
+            delivery = f"{prefix}-{sent}"
+            status, body = signed_post(delivery)
+            answer = str(status) if status is not None else body.split(":", 1)[0]
+            stream.write(f"{time.time():.3f} {delivery} {answer}\n")
+            sent += 1
+
+
 def find_deliveries(deliveries):
     """Which of the ids appear in any text cell of any table: independent of the schema."""
     path = os.environ.get("AGENTED_DB", "/var/lib/agented/agented.db")
@@ -269,6 +287,9 @@ def main(argv):
     command, args = argv[0], argv[1:]
     if command == "sample-readiness":
         sample_readiness(*args)  # writes its samples to a file, prints nothing
+        return
+    if command == "post-webhooks":
+        post_webhooks(*args)  # writes its answers to a file, prints nothing
         return
     if command not in COMMANDS:
         raise SystemExit(f"unknown command {command!r}; one of {sorted(COMMANDS)}")

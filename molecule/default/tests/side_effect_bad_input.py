@@ -86,6 +86,14 @@ CASES = {
         {"agented_backend_env": env_with(GUNICORN_CONTROL_SOCKET=False)},
         ["GUNICORN_CONTROL_SOCKET", "quote it"],
     ),
+    "no snapshot kept": (
+        {"agented_backend_backups_keep": 0},
+        ["agented_backend_backups_keep", "1 or more"],
+    ),
+    "a path as the snapshot to restore": (
+        {"agented_backend_restore": "../agented.db"},
+        ["agented_backend_restore", "not a path"],
+    ),
 }
 
 
