@@ -121,8 +121,8 @@ LOAD_OUT = "/root/agented-molecule-load.log"
 def under_load(hosts: dict, rate: float = 20, path: str = "/health/liveness"):
     """Open-loop load inside every host on its own loopback while the block runs (in_host_checks.py
     load, in a transient unit): yields {name: result}, filled at the end of the block with the
-    requests sent, the failed ones (not 2xx, by answer, with when they were sent) and the slowest
-    answer in seconds."""
+    requests sent, the failed ones (not 2xx: how many, how many of each answer, and each as
+    (sent, answer)) and the slowest answer in seconds."""
     results: dict[str, dict] = {}
 
     def start(host):
@@ -145,7 +145,7 @@ def under_load(hosts: dict, rate: float = 20, path: str = "/health/liveness"):
             "requests": len(lines),
             "failed": len(failed),
             "by_answer": dict(collections.Counter(answer for _, answer in failed)),
-            "failed_at": [sent for sent, _ in failed],
+            "failures": failed,
             "slowest": max((float(done) - float(sent) for sent, done, _ in lines), default=0.0),
         }
 
