@@ -126,7 +126,12 @@ def under_load(hosts: dict, rate: float = 20, path: str = "/health/liveness"):
     results: dict[str, dict] = {}
 
     def start(host):
-        sh(host, f"rm -f {LOAD_OUT}; systemctl reset-failed {LOAD_UNIT} 2>/dev/null || true")
+        # A load left behind by an interrupted run would hold the unit name.
+        sh(
+            host,
+            f"systemctl stop {LOAD_UNIT}; systemctl reset-failed {LOAD_UNIT}; rm -f {LOAD_OUT}",
+            check=False,
+        )
         command = harness.in_host_checks_command(
             "load", LOAD_OUT, str(rate), path, env={"AGENTED_URL": URL}
         )
