@@ -216,7 +216,10 @@ class Host(harness.SystemdHost):
     later run with keep starts from it instead of a fresh one."""
 
     def __init__(self, name: str, keep: bool = False):
-        super().__init__(name)
+        # AGENTED_BENCH_PREFIX=w1 names the host w1-NAME, so that checkouts benchmarking at the
+        # same time on one machine do not share (and remove) each other's hosts.
+        prefix = os.environ.get("AGENTED_BENCH_PREFIX")
+        super().__init__(f"{prefix}-{name}" if prefix else name)
         self.keep = keep
 
     def __enter__(self) -> Host:

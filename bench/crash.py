@@ -4,14 +4,16 @@
 # ///
 """§1 Requests through a crash: steady load while the Gunicorn master is SIGKILLed.
 
-Converges a systemd test host with playbooks/site.yml, then, for each variant (socket activation on,
-the default; on with KillMode=control-group as a systemd drop-in, the proposal; the same with
-RestartSec=1; socket activation off): 50 requests/s from inside the host to its own 127.0.0.1 while
-the master is SIGKILLed 10 times (each kill once the service has been ready for a second). Reports
-failed requests and kill-to-ready (SIGKILL to readiness 200 from a worker of the new master), with
-where that time goes according to systemd's journal.
+Converges a systemd test host with playbooks/site.yml, then, for each variant (socket activation on
+with the role's defaults, KillMode=control-group and RestartSec=3; the same with RestartSec=1; the
+same with KillMode=mixed as a systemd drop-in, the former default; socket activation off): 50
+requests/s from inside the host to its own 127.0.0.1 while the master is SIGKILLed 10 times (each
+kill once the service has been ready for a second), in --runs consecutive runs. Reports failed
+requests and kill-to-ready (SIGKILL to readiness 200 from a worker of the new master), with where
+that time goes according to systemd's journal, and whether every run met the goals.
 
-    uv run bench/crash.py [--kills 10] [--rate 50] [--variants on,proposal,proposal-1s,off] [--keep]
+    uv run bench/crash.py [--kills 10] [--runs 1] [--rate 50] [--keep]
+                          [--variants on,on-1s,mixed,off]
 """
 
 from __future__ import annotations
@@ -24,47 +26,38 @@ import common
 NAME = "crash"
 HOST = "agented-bench-crash"
 LABELS = {
-    "on": "socket activation on (default)",
+    "on": "socket activation on, RestartSec=3 (default)",
+    "on-1s": "socket activation on, RestartSec=1",
+    "mixed": "socket activation on + KillMode=mixed (the former default)",
     "off": "socket activation off",
-    "proposal": "socket activation on + KillMode=control-group (proposal)",
-    "proposal-1s": "the same + RestartSec=1",
 }
 
 
-# The proposal (see docs/BENCHMARKS.md): when the master dies, systemd SIGTERMs the workers, which
-# answer what they hold and leave, instead of SIGKILLing them (KillMode=mixed).
-PROPOSAL_DROP_IN = "/etc/systemd/system/agented.service.d/bench-proposal.conf"
-PROPOSAL_UNIT = "[Service]\nKillMode=control-group\n"
+# KillMode=mixed, the former default: when the master dies, systemd SIGKILLs the orphaned workers
+# with requests in hand, where KillMode=control-group (the unit's) SIGTERMs them.
+MIXED_DROP_IN = "/etc/systemd/system/agented.service.d/bench-kill-mode-mixed.conf"
+MIXED_UNIT = "[Service]\nKillMode=mixed\n"
 
 
 def measure(host: common.Host, variant: str, args) -> dict:
     directory = common.results_dir(NAME)
     socket_activation = variant != "off"
-    proposal = variant.startswith("proposal")
-    mode = variant
     inventory = common.write_inventory(directory / "inventory.json", [host.name])
-    host.sh(f"rm -f {PROPOSAL_DROP_IN} && systemctl daemon-reload")
-    if proposal:
+    host.sh(f"rm -f {MIXED_DROP_IN} && systemctl daemon-reload")
+    if variant == "mixed":
         host.sh(
-            f"mkdir -p $(dirname {PROPOSAL_DROP_IN})"
-            f" && printf '{PROPOSAL_UNIT}' > {PROPOSAL_DROP_IN}"
+            f"mkdir -p $(dirname {MIXED_DROP_IN})"
+            f" && printf '{MIXED_UNIT}' > {MIXED_DROP_IN}"
             " && systemctl daemon-reload"
         )
-    if (
-        socket_activation
-        and host.exec("systemctl", "is-active", "agented.socket", check=False).returncode
-    ):
-        # The role cannot switch a running service to socket activation yet: the socket refuses to
-        # start while agented.service holds the port (see docs/BENCHMARKS.md).
-        host.exec("systemctl", "stop", "agented.service", check=False)
     common.log(f"converging: {LABELS[variant]}")
     common.converge(
         inventory,
-        directory / f"converge-{mode}.log",
+        directory / f"converge-{variant}.log",
         {
             "agented_backend_socket_activation": socket_activation,
             "agented_backend_src": str(args.src),
-            **({"agented_backend_restart_sec": 1} if variant == "proposal-1s" else {}),
+            "agented_backend_restart_sec": 1 if variant == "on-1s" else 3,
         },
     )
     restart_sec = float(
@@ -73,9 +66,39 @@ def measure(host: common.Host, variant: str, args) -> dict:
         .rstrip("s")
         or 0
     )
+    runs = [one_run(host, variant, args, n) for n in range(args.runs)]
+    kills = [kill for run in runs for kill in run["kills"]]
+    records = [record for run in runs for record in run["records"]]
+    first_answers = [
+        k["breakdown"]["first_answer"] for k in kills if "first_answer" in k["breakdown"]
+    ]
+    for run in runs:
+        del run["records"]
+    return {
+        "variant": variant,
+        "label": LABELS[variant],
+        "socket_activation": socket_activation,
+        "restart_sec": restart_sec,
+        "requests": sum(run["requests"] for run in runs),
+        "failed": sum(run["failed"] for run in runs),
+        "failures": [f for run in runs for f in run["failures"]][:50],
+        "duration": sum(run["duration"] for run in runs),
+        "kills": kills,
+        "runs": runs,
+        "kill_to_ready": common.summary([k["seconds"] for k in kills if k["seconds"] is not None]),
+        "kill_to_first_answer": common.summary(first_answers),
+        "latency": common.summary([r[1] for r in records if isinstance(r[2], int)]),
+        "phases": phases(kills),
+    }
+
+
+def one_run(host: common.Host, variant: str, args, n: int) -> dict:
+    """--kills SIGKILLs under load; the run's load is kept as load-VARIANT[-N].json."""
+    directory = common.results_dir(NAME)
+    name = f"load-{variant}" + (f"-{n + 1}" if n else "") + ".json"
     # Each run starts with a clean start-limit counter: 10 kills are 10 starts within a minute.
     host.exec("systemctl", "reset-failed", "agented")
-    common.log(f"{args.kills} SIGKILLs under {args.rate:g} requests/s")
+    common.log(f"run {n + 1} of {args.runs}: {args.kills} SIGKILLs under {args.rate:g} requests/s")
     summary = host.inhost(
         "load.py",
         "--rate",
@@ -90,26 +113,21 @@ def measure(host: common.Host, variant: str, args) -> dict:
         "/root/load.json",
         timeout=400,
     )
-    host.get("/root/load.json", directory / f"load-{mode}.json")
-    records = json.loads((directory / f"load-{mode}.json").read_text())["records"]
+    host.get("/root/load.json", directory / name)
+    records = json.loads((directory / name).read_text())["records"]
+    for kill in summary["kills"]:
+        first_answer(kill, records)
     seconds = [k["seconds"] for k in summary["kills"] if k["seconds"] is not None]
-    first_answers = [
-        k["breakdown"]["first_answer"] for k in summary["kills"] if first_answer(k, records)
-    ]
     return {
-        "variant": variant,
-        "label": LABELS[variant],
-        "socket_activation": socket_activation,
-        "restart_sec": restart_sec,
+        "load": name,
+        "load_average": common.load_average(),
         "requests": summary["requests"],
         "failed": summary["failed"],
         "failures": summary["failures"],
         "duration": summary["duration"],
         "kills": summary["kills"],
         "kill_to_ready": common.summary(seconds),
-        "kill_to_first_answer": common.summary(first_answers),
-        "latency": common.summary([r[1] for r in records if isinstance(r[2], int)]),
-        "phases": phases(summary["kills"]),
+        "records": records,
     }
 
 
@@ -157,18 +175,19 @@ def chart(runs: list[dict]) -> None:
     fig, axes = plt.subplots(len(runs), 1, figsize=(9, 3.2 * len(runs)), sharex=True, squeeze=False)
     axes = axes[:, 0]
     for ax, run in zip(axes, runs, strict=True):
-        mode = run["variant"]
-        records = json.loads((common.results_dir(NAME) / f"load-{mode}.json").read_text())[
+        records = json.loads((common.results_dir(NAME) / run["runs"][0]["load"]).read_text())[
             "records"
         ]
+        first_kills = run["runs"][0]["kills"]
         common.plot_requests(ax, records)
-        for i, kill in enumerate(run["kills"]):
+        for i, kill in enumerate(first_kills):
             ax.axvline(
                 kill["at"], color="grey", lw=0.8, ls="--", label="SIGKILL" if i == 0 else None
             )
         ax.set_yscale("log")
         ax.set_ylabel("response time (s)")
-        ax.set_title(f"{run['label']}: {run['failed']} of {run['requests']} requests failed")
+        first = run["runs"][0]
+        ax.set_title(f"{run['label']}: {first['failed']} of {first['requests']} requests failed")
         ax.legend(loc="upper right", fontsize=8)
     axes[-1].set_xlabel("seconds since the load started (request sent at)")
     fig.tight_layout()
@@ -222,6 +241,8 @@ def tables(runs: list[dict]) -> str:
         for label in labels
     ]
     text += common.table(["step"] + [r["label"] for r in runs], rows)
+    text += "\nEach run (the machine is shared: its load average at the end of the run):\n\n"
+    text += runs_table(runs)
     text += "\nResponse time of the requests that were answered:\n\n"
     rows = [
         [
@@ -237,39 +258,86 @@ def tables(runs: list[dict]) -> str:
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md."""
+    """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md:
+    with several runs, a goal is met only if every run met it."""
     goals = []
     for run in runs:
         k, first = run["kill_to_ready"], run["kill_to_first_answer"]
         limit = run["restart_sec"] + 0.5
+        p95s = [r["kill_to_ready"]["p95"] for r in run["runs"]]
+        each = f" in each of {len(run['runs'])} runs" if len(run["runs"]) > 1 else ""
         goals.append(
             common.goal(
                 "§1",
-                f"{run['label']}: 0 failed requests through {len(run['kills'])} SIGKILLs",
-                f"{run['failed']} of {run['requests']} failed",
-                run["failed"] == 0,
+                f"{run['label']}: 0 failed requests through {len(run['runs'][0]['kills'])}"
+                f" SIGKILLs{each}",
+                f"{run['failed']} of {run['requests']} failed"
+                + (f" ({', '.join(str(r['failed']) for r in run['runs'])})" if each else ""),
+                all(r["failed"] == 0 for r in run["runs"]),
             )
         )
         goals.append(
             common.goal(
                 "§1",
-                f"{run['label']}: kill-to-ready ≤ RestartSec + 0.5 s = {limit:g} s (p95)",
-                f"p50 {common.fmt(k['median'], ' s')}, p95 {common.fmt(k['p95'], ' s')} "
-                f"(first answer p50 {common.fmt(first['median'], ' s')}, "
-                f"p95 {common.fmt(first['p95'], ' s')})",
-                k["p95"] is not None and k["p95"] <= limit,
+                f"{run['label']}: kill-to-ready ≤ RestartSec + 0.5 s = {limit:g} s (p95){each}",
+                f"p50 {common.fmt(k['median'], ' s')}, p95 {common.fmt(k['p95'], ' s')}"
+                + (
+                    f" (p95 of each run: {', '.join(common.fmt(p, ' s') for p in p95s)})"
+                    if each
+                    else ""
+                )
+                + f"; first answer p50 {common.fmt(first['median'], ' s')}, "
+                f"p95 {common.fmt(first['p95'], ' s')}",
+                all(p is not None and p <= limit for p in p95s),
             )
         )
     return goals
 
 
+def runs_table(runs: list[dict]) -> str:
+    """One row per consecutive run, with the machine's load average at its end."""
+    rows = []
+    for run in runs:
+        limit = run["restart_sec"] + 0.5
+        for n, one in enumerate(run["runs"], 1):
+            k = one["kill_to_ready"]
+            rows.append(
+                [
+                    run["label"],
+                    n,
+                    f"{one['failed']} of {one['requests']}",
+                    common.fmt(k["median"], " s"),
+                    common.fmt(k["p95"], " s"),
+                    common.verdict(
+                        one["failed"] == 0 and k["p95"] is not None and k["p95"] <= limit
+                    ),
+                    " / ".join(f"{x:.2f}" for x in one["load_average"]),
+                ]
+            )
+    return common.table(
+        [
+            "variant",
+            "run",
+            "failed",
+            "kill-to-ready p50",
+            "p95",
+            "goals met",
+            "load average 1/5/15 min",
+        ],
+        rows,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument(
+        "--runs", type=int, default=1, help="consecutive runs of --kills kills per variant"
+    )
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument(
         "--variants",
-        default="on,proposal,proposal-1s,off",
+        default="on,on-1s,mixed,off",
         help="comma-separated, of: " + ", ".join(f"{k} ({v})" for k, v in LABELS.items()),
     )
     parser.add_argument("--keep", action="store_true", help="leave the test host running")
@@ -284,7 +352,12 @@ def main() -> None:
         {
             "goals": goals,
             "goal": {"failed": 0, "kill_to_ready": "RestartSec + 0.5 s"},
-            "load": {"rate": args.rate, "kills": args.kills, "path": "/api/executions?limit=1"},
+            "load": {
+                "rate": args.rate,
+                "kills": args.kills,
+                "runs": args.runs,
+                "path": "/api/executions?limit=1",
+            },
             "runs": runs,
         },
         tables(runs),

@@ -211,6 +211,25 @@ def test_workers_leave_at_once_when_the_master_is_killed(gunicorn):
         stream.close()
 
 
+def test_idle_workers_leave_at_once_when_the_master_is_killed(gunicorn):
+    """A worker that holds no connection has nothing to drain when its master dies: it leaves
+    in its SIGTERM handler, without the interpreter's teardown, and the service manager may
+    restart the service sooner."""
+    server = gunicorn()
+    workers = server.worker_pids()
+    assert len(workers) == 2
+    killed = time.monotonic()
+    os.kill(server.process.pid, signal.SIGKILL)
+    deadline = killed + 3
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    gone = time.monotonic() - killed
+    print(f"idle workers gone {gone:.3f} s after SIGKILL of the master")
+    assert not any(alive(pid) for pid in workers)
+    assert "worker leaving at once: the master is gone and no connection is open" in server.log
+    assert gone < 0.5
+
+
 def test_stop_ends_event_streams_instead_of_waiting_for_the_graceful_timeout(gunicorn):
     server = gunicorn(GUNICORN_GRACEFUL_TIMEOUT="20")
     stream = server.stream()

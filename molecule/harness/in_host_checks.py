@@ -4,7 +4,7 @@ timed or where they must run for a while.
 A round trip from the controller (docker exec) costs tens of milliseconds, too coarse for
 "back within 5 seconds", so the kill, the polling and the clock all live on the host. The
 harness (molecule/harness/harness.py) ships this file with each call; every subcommand but
-sample-readiness and post-webhooks prints one JSON line, which the harness reads.
+sample-readiness, post-webhooks and load prints one JSON line, which the harness reads.
 
     in_host_checks.py time-restart master|group|worker SIGNAL
         kill, then time until a new master (or, for a worker, a new worker) serves
@@ -20,6 +20,12 @@ sample-readiness and post-webhooks prints one JSON line, which the harness reads
         which ids the database holds (run as the service user: it must own any file it creates)
     in_host_checks.py wait-until-ready SECONDS
         time until readiness answers 200
+    in_host_checks.py load OUT [RATE] [PATH] [MAX_SECONDS]
+        open-loop load: RATE requests a second (default 20) of GET PATH (default
+        /health/liveness), each on a new connection with a 30 s timeout, sent on schedule
+        whatever became of the earlier ones, until SIGTERM and at most MAX_SECONDS (default
+        1200); one line per request in OUT once it is answered or has failed:
+            <sent, unix seconds> <answered or failed, unix seconds> <HTTP status or error name>
     in_host_checks.py sample-readiness OUT [INTERVAL] [TIMEOUT] [MAX_SECONDS]
         ask readiness every INTERVAL seconds (default 0.05), each on a new connection with a
         TIMEOUT (default 0.5 s), and append one line per answer to OUT:
@@ -274,6 +280,32 @@ def sample_readiness(out, interval="0.05", timeout="0.5", max_seconds="1200"):
             time.sleep(max(0.0, sent + interval - time.time()))
 
 
+def load(out, rate="20", path="/health/liveness", max_seconds="1200"):
+    import threading  # noqa: PLC0415 -- only the load needs threads
+
+    rate, max_seconds = float(rate), float(max_seconds)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    lock, threads = threading.Lock(), []
+
+    def one(stream, sent):
+        status, body = get(path, 30.0)
+        answer = str(status) if status is not None else body.split(":", 1)[0]
+        with lock:
+            stream.write(f"{sent:.3f} {time.time():.3f} {answer}\n")
+
+    with open(out, "a", buffering=1) as stream:
+        start, n = time.monotonic(), 0
+        while not stopping.is_set() and time.monotonic() - start < max_seconds:
+            thread = threading.Thread(target=one, args=(stream, time.time()), daemon=True)
+            thread.start()
+            threads.append(thread)
+            n += 1
+            stopping.wait(max(0.0, start + n / rate - time.monotonic()))
+        for thread in threads:  # the requests already sent are answered or time out
+            thread.join(35)
+
+
 COMMANDS = {
     "time-restart": time_restart,
     "post-webhook": post_webhook,
@@ -290,6 +322,9 @@ def main(argv):
         return
     if command == "post-webhooks":
         post_webhooks(*args)  # writes its answers to a file, prints nothing
+        return
+    if command == "load":
+        load(*args)  # writes its answers to a file, prints nothing
         return
     if command not in COMMANDS:
         raise SystemExit(f"unknown command {command!r}; one of {sorted(COMMANDS)}")

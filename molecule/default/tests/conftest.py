@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -110,6 +111,54 @@ def in_host_checks(host, *args: str, user: str | None = None, env: dict | None =
     result = host.run(harness.in_host_checks_command(*args, env=variables, user=user))
     assert result.rc == 0, f"in_host_checks {args} failed: {result.stdout}{result.stderr}"
     return harness.last_json_line(result.stdout)
+
+
+LOAD_UNIT = "agented-molecule-load"
+LOAD_OUT = "/root/agented-molecule-load.log"
+
+
+@contextlib.contextmanager
+def under_load(hosts: dict, rate: float = 20, path: str = "/health/liveness"):
+    """Open-loop load inside every host on its own loopback while the block runs (in_host_checks.py
+    load, in a transient unit): yields {name: result}, filled at the end of the block with the
+    requests sent, the failed ones (not 2xx: how many, how many of each answer, and each as
+    (sent, answer)) and the slowest answer in seconds."""
+    results: dict[str, dict] = {}
+
+    def start(host):
+        # A load left behind by an interrupted run would hold the unit name.
+        sh(
+            host,
+            f"systemctl stop {LOAD_UNIT}; systemctl reset-failed {LOAD_UNIT}; rm -f {LOAD_OUT}",
+            check=False,
+        )
+        command = harness.in_host_checks_command(
+            "load", LOAD_OUT, str(rate), path, env={"AGENTED_URL": URL}
+        )
+        sh(
+            host,
+            f"systemd-run --unit {LOAD_UNIT} --collect --quiet /bin/sh -c {shlex.quote(command)}",
+        )
+
+    def stop(host):
+        sh(host, f"systemctl stop {LOAD_UNIT}", check=False)
+        lines = [line.split() for line in sh(host, f"cat {LOAD_OUT}").splitlines() if line]
+        failed = [
+            (float(sent), answer) for sent, _done, answer in lines if not answer.startswith("2")
+        ]
+        return {
+            "requests": len(lines),
+            "failed": len(failed),
+            "by_answer": dict(collections.Counter(answer for _, answer in failed)),
+            "failures": failed,
+            "slowest": max((float(done) - float(sent) for sent, done, _ in lines), default=0.0),
+        }
+
+    on_all(hosts, start)
+    try:
+        yield results
+    finally:
+        results.update(on_all(hosts, stop))
 
 
 def show(host, unit: str, *properties: str) -> dict[str, str]:

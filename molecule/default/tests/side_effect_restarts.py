@@ -27,11 +27,13 @@ from conftest import (
     sh,
     show,
     stored,
+    under_load,
     wait_ready,
     webhook_secret,
 )
 
-TABLE = "seconds from the kill to readiness 200 (new master)"
+TABLE = "kill-to-ready: seconds from the signal to readiness 200 from a new master's worker"
+LOST = "requests lost under load (inside the host, loopback)"
 
 
 @pytest.fixture(autouse=True)
@@ -333,11 +335,28 @@ def test_no_request_is_lost_through_three_sigkills_of_the_master(host):
     command = f"{VENV}/bin/python - {URL} 3 50 <<'PYTHON'\n{_LOAD_THROUGH_KILLS}\nPYTHON"
     r = json.loads(sh(host, command).splitlines()[-1])
     figure(
-        TABLE,
-        "requests lost through 3 SIGKILLs under 50/s",
-        name_of(host),
-        f"{r['failed']} of {r['requests']}",
+        LOST, "3 SIGKILLs of the master, 50/s", name_of(host), f"{r['failed']} of {r['requests']}"
     )
     assert r["back"], f"not serving again after a kill: {r}"
     assert r["kills"] == 3 and r["requests"] > 100, r
     assert r["failed"] == 0, f"lost or non-2xx requests through the kills: {r}"
+
+
+def test_reloads_under_load_answer_every_request_and_readiness_stays_200(host):
+    """`systemctl reload agented` (SIGHUP: new workers, the old ones drain) twice under 20
+    requests/s of readiness: the instance goes on serving, so every answer is 200."""
+    with under_load({name_of(host): host}, path="/health/readiness") as load:
+        for _ in range(2):
+            sh(host, f"systemctl reload {SERVICE}")
+            # The next reload once the new workers serve: one during their boot measures the boot.
+            time.sleep(3)
+            assert wait_ready(host, 30)["ready"]
+    r = load[name_of(host)]
+    figure(
+        LOST,
+        "2 x systemctl reload, readiness at 20/s",
+        name_of(host),
+        f"{r['failed']} of {r['requests']}, slowest {r['slowest']:.2f} s",
+    )
+    assert r["requests"] > 50, r
+    assert r["failed"] == 0, f"non-200 readiness during reloads: {r}"
