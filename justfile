@@ -89,11 +89,13 @@ test-repo:
 
 # Build the Debian test images that molecule's hosts run (only the missing ones).
 images:
-    molecule/images/build bookworm trixie
+    molecule/images/build bookworm trixie bookworm-ssh trixie-ssh
 
-# Converge, check idempotence and verify on real systemd hosts (Debian 12 and 13 containers).
+# Converge, check idempotence and verify on real systemd hosts (Debian 12 and 13 containers); then
+# the same over SSH as a non-root user, on hosts without internet (molecule/field).
 molecule: images
     molecule test
+    molecule test -s field
 
 # Everything: backend tests, lint, repository tests, molecule.
 test: test-backend lint test-repo molecule
