@@ -105,7 +105,7 @@ bench *names: images ensure-backend
     #!/usr/bin/env bash
     set -euo pipefail
     names="{{ names }}"
-    for name in ${names:-crash coldstart reload streams deploy_speed rolling hostile}; do
+    for name in ${names:-crash coldstart reload streams deploy_speed rolling hostile fleet}; do
       echo "== bench/${name}.py (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
       uv run --quiet bench/${name}.py
     done

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 CHARTS = ROOT / "docs" / "bench"
-NAMES = ["crash", "coldstart", "reload", "streams", "deploy_speed", "rolling", "hostile"]
+NAMES = ["crash", "coldstart", "reload", "streams", "deploy_speed", "rolling", "hostile", "fleet"]
 # The section of docs/BENCHMARKS.md each benchmark's lines of the summary belong to.
 SECTIONS = {name: f"\N{SECTION SIGN}{n}" for n, name in enumerate(NAMES, 1)}
 
