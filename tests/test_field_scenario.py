@@ -1,5 +1,5 @@
-"""molecule/field reaches its hosts with the SSH settings users get from ansible.cfg: molecule writes
-an ansible.cfg of its own, so the scenario repeats them, and this keeps the two the same."""
+"""molecule/field reaches its hosts with the SSH settings users get from ansible.cfg: molecule
+writes an ansible.cfg of its own, so the scenario repeats them, and this keeps the two the same."""
 
 import configparser
 
