@@ -104,11 +104,13 @@ test-repo:
 
 # Build the Debian test images that molecule's hosts run (only the missing ones).
 images:
-    molecule/images/build bookworm trixie
+    molecule/images/build bookworm trixie bookworm-ssh trixie-ssh
 
-# Converge, check idempotence and verify on real systemd hosts (Debian 12 and 13 containers).
+# Converge, check idempotence and verify on real systemd hosts (Debian 12 and 13 containers); then
+# the same over SSH as a non-root user, on hosts without internet (molecule/field).
 molecule: images
     molecule test
+    molecule test -s field
 
 # Everything: backend tests, lint, repository tests, molecule.
 test: test-backend lint test-repo molecule
@@ -118,7 +120,7 @@ bench *names: images ensure-backend
     #!/usr/bin/env bash
     set -euo pipefail
     names="{{ names }}"
-    for name in ${names:-crash coldstart reload streams deploy_speed rolling hostile backup}; do
+    for name in ${names:-crash coldstart reload streams deploy_speed rolling hostile fleet backup}; do
       echo "== bench/${name}.py (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
       uv run --quiet bench/${name}.py
     done

@@ -12,9 +12,9 @@ description:
   - A locked package without a wheel for a platform fails, naming the package and the platform.
 options:
   _terms:
-    description: Target platforms, dicts with C(system) (Linux or Darwin), C(machine),
-      C(python) (X.Y.Z)
-      and C(libc) (glibc X.Y on Linux, the macOS version on Darwin).
+    description: A dict mapping each host to its platform, a dict with C(system) (Linux or
+      Darwin), C(machine), C(python) (X.Y.Z) and C(libc) (glibc X.Y on Linux, the macOS version
+      on Darwin).
     required: true
   lock:
     description: Path of uv.lock on the controller.
@@ -32,9 +32,10 @@ options:
 
 RETURN = r"""
 _raw:
-  description: One dict mapping each platform's key to C(id), C(archive), C(requirements)
-    (the name of the pinned requirements file inside it), C(wheels) and C(fetched_bytes)
-    (bytes downloaded by this call).
+  description: One dict mapping each host to the wheelhouse of its platform, C(id), C(archive),
+    C(requirements) (the name of the pinned requirements file inside it), C(wheels),
+    C(platform) (its key, system-machine-cpXY-libc) and C(fetched_bytes) (bytes this call
+    downloaded for that platform; hosts of one platform share one wheelhouse).
   type: list
   elements: dict
 """
@@ -288,16 +289,22 @@ class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
         self.set_options(var_options=variables, direct=kwargs)
         cache = os.path.expanduser(self.get_option("cache"))
-        wheelhouses = {}
-        targets = [t for term in terms for t in (term if isinstance(term, list) else [term])]
-        for target in targets:
+        targets = {}
+        for term in terms:
+            targets.update(term)
+        by_platform, by_host = {}, {}
+        for host, target in targets.items():
             key = platform_key(target)
-            if key not in wheelhouses:
-                wheelhouses[key] = build(
-                    target,
-                    self.get_option("lock"),
-                    self.get_option("uv_version"),
-                    cache,
-                    self.get_option("index"),
+            if key not in by_platform:
+                by_platform[key] = dict(
+                    build(
+                        target,
+                        self.get_option("lock"),
+                        self.get_option("uv_version"),
+                        cache,
+                        self.get_option("index"),
+                    ),
+                    platform=key,
                 )
-        return [wheelhouses]
+            by_host[host] = by_platform[key]
+        return [by_host]
