@@ -255,6 +255,8 @@ def test_a_snapshot_taken_in_steps_while_a_writer_commits_is_one_moment_of_the_d
         copy.close()
     during = len(guids) - 3000
     assert guids == {f"before-{n}" for n in range(3000)} | {f"during-{n}" for n in range(during)}
+
+
 def test_verify_reads_a_snapshot_without_writing_beside_it(tmp_path):
     path = str(tmp_path / "agented.db")
     db.migrate(path)
