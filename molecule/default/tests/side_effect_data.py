@@ -191,7 +191,7 @@ def story(all_hosts):
         s["backups after R1"] = on_all(all_hosts, backups)
         s["stored after R1"] = on_all(all_hosts, lambda h: stored(h, *s["deliveries"][name_of(h)]))
         s["snapshot modes"] = on_all(
-            all_hosts, lambda h: sh(h, f"stat -c '%a %U' {BACKUPS_DIR}/*.db").split("\n")
+            all_hosts, lambda h: sh(h, f"stat -c '%a %U' {BACKUPS_DIR}/*.db").splitlines()
         )
 
         r2 = release(scratch, "r2", 2)
