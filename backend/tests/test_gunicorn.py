@@ -226,7 +226,9 @@ def test_idle_workers_leave_at_once_when_the_master_is_killed(gunicorn):
     gone = time.monotonic() - killed
     print(f"idle workers gone {gone:.3f} s after SIGKILL of the master")
     assert not any(alive(pid) for pid in workers)
-    assert "worker leaving at once: the master is gone and no connection is open" in server.log
+    # Each leaves without the teardown, in its SIGTERM handler or, when its own loop saw the
+    # master gone first, once drained: both are at once with nothing in hand.
+    assert server.log.count("worker leaving at once: ") == len(workers), server.log
     assert gone < 0.5
 
 
