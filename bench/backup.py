@@ -25,9 +25,7 @@ import argparse
 import collections
 import http.client
 import shutil
-import signal
 import sqlite3
-import subprocess
 import tempfile
 import threading
 import time
@@ -39,7 +37,6 @@ NAME = "backup"
 PORT = 20874
 HOST = "127.0.0.1"
 PYTHON = common.BACKEND / ".venv" / "bin" / "python"
-GUNICORN = common.BACKEND / ".venv" / "bin" / "gunicorn"
 
 # Runs in the backend's virtualenv, from the copy: migrate, then store the deliveries through the
 # backend's own parsing and storage, in transactions of 1,000 (a fill, not a measurement).
@@ -140,18 +137,11 @@ def measure(args) -> dict:
     src = common.backend_copy()
     state = Path(tempfile.mkdtemp(prefix="agented-bench-backup-", dir="/var/tmp"))
     database = state / "agented.db"
-    if not GUNICORN.exists():
-        raise SystemExit("backend/.venv has no gunicorn: run `just ensure-backend` first")
     fill_seconds = fill(src, database, args)
     database_bytes = database.stat().st_size
-    with open(common.results_dir(args.name) / "gunicorn.log", "w") as log:
-        process = subprocess.Popen(
-            [str(GUNICORN), "-c", "gunicorn.conf.py"],
-            cwd=src,
-            stdout=subprocess.DEVNULL,
-            env=common.local_env(PORT, state),
-            stderr=log,
-        )
+    process = common.start_gunicorn(
+        src, PORT, state, common.results_dir(args.name) / "gunicorn.log"
+    )
     client = Client(args.rate, args.payload_bytes)
     backups = []
     try:
@@ -184,12 +174,7 @@ def measure(args) -> dict:
         loader.join(timeout=30)
     finally:
         client.stop.set()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        common.stop_gunicorn(process)
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(src.parent, ignore_errors=True)
     return {

@@ -21,6 +21,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -332,6 +333,32 @@ def local_env(port: int, state: Path, **extra: str) -> dict:
         "API_TOKEN": API_TOKEN,
         **extra,
     }
+
+
+def start_gunicorn(src: Path, port: int, state: Path, log: Path) -> subprocess.Popen:
+    """Gunicorn from backend/'s virtualenv, run from the copy ``src`` with local_env(), its
+    stderr in ``log``."""
+    gunicorn = BACKEND / ".venv" / "bin" / "gunicorn"
+    if not gunicorn.exists():
+        raise SystemExit("backend/.venv has no gunicorn: run `just ensure-backend` first")
+    with open(log, "w") as stderr:
+        return subprocess.Popen(
+            [str(gunicorn), "-c", "gunicorn.conf.py"],
+            cwd=src,
+            stdout=subprocess.DEVNULL,
+            env=local_env(port, state),
+            stderr=stderr,
+        )
+
+
+def stop_gunicorn(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not left within 60 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def wait_http(

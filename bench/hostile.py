@@ -41,7 +41,6 @@ import resource
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -387,17 +386,9 @@ def insert_events(count: int) -> float:
 def measure(args) -> dict:
     src = common.backend_copy()
     state = Path(tempfile.mkdtemp(prefix="agented-bench-hostile-"))
-    gunicorn = common.BACKEND / ".venv" / "bin" / "gunicorn"
-    if not gunicorn.exists():
-        raise SystemExit("backend/.venv has no gunicorn: run `just ensure-backend` first")
-    with open(common.results_dir(args.name) / "gunicorn.log", "w") as log:
-        process = subprocess.Popen(
-            [str(gunicorn), "-c", "gunicorn.conf.py"],
-            cwd=src,
-            stdout=subprocess.DEVNULL,
-            env=common.local_env(PORT, state),
-            stderr=log,
-        )
+    process = common.start_gunicorn(
+        src, PORT, state, common.results_dir(args.name) / "gunicorn.log"
+    )
     try:
         common.wait_http(PORT, process=process)
         common.log(f"posting {args.events} signed webhooks")
@@ -421,12 +412,7 @@ def measure(args) -> dict:
             raise SystemExit("the probe process sent no records")
         alive = process.poll() is None
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        common.stop_gunicorn(process)
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(src.parent, ignore_errors=True)
     return {
