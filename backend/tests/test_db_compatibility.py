@@ -35,6 +35,17 @@ def newer_database(path, *, oldest: int, extra: int = 1) -> None:
         connection.close()
 
 
+INSERT_DELIVERY = (
+    "INSERT INTO deliveries (guid, event, payload, received_at) VALUES (?, 'push', ?, 0)"
+)
+
+
+def insert_deliveries(connection, guids, payload: bytes) -> None:
+    """One committed delivery per guid, each with ``payload`` as its body."""
+    with db.transaction(connection):
+        connection.executemany(INSERT_DELIVERY, [(guid, payload) for guid in guids])
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
@@ -187,12 +198,7 @@ def test_snapshot_of_a_live_wal_database_holds_every_committed_row_with_mode_060
     db.migrate(path)
     writer = db.connect(path)
     try:
-        with db.transaction(writer):
-            writer.executemany(
-                "INSERT INTO deliveries (guid, event, payload, received_at)"
-                " VALUES (?, 'push', '{}', 0)",
-                [(f"g{n}",) for n in range(500)],
-            )
+        insert_deliveries(writer, (f"g{n}" for n in range(500)), b"{}")
         destination = tmp_path / "snapshot.db"
         result = run_db_cli("snapshot", path, str(destination))
         assert result.returncode == 0, result.stderr
@@ -216,10 +222,8 @@ def test_a_snapshot_taken_in_steps_while_a_writer_commits_is_one_moment_of_the_d
     mix, however many commits land between its steps."""
     path = str(tmp_path / "agented.db")
     db.migrate(path)
-    insert = "INSERT INTO deliveries (guid, event, payload, received_at) VALUES (?, 'push', ?, 0)"
     writer = db.connect(path)
-    with db.transaction(writer):
-        writer.executemany(insert, [(f"before-{n}", b"x" * 4000) for n in range(3000)])
+    insert_deliveries(writer, (f"before-{n}" for n in range(3000)), b"x" * 4000)
     copying, stop, committed = threading.Event(), threading.Event(), []
 
     def write() -> None:
@@ -228,7 +232,7 @@ def test_a_snapshot_taken_in_steps_while_a_writer_commits_is_one_moment_of_the_d
             # Bounded: a copy that started again after every commit would finish only then.
             while not stop.is_set() and len(committed) < 3000:
                 with db.transaction(connection):
-                    connection.execute(insert, (f"during-{len(committed)}", b"y" * 4000))
+                    connection.execute(INSERT_DELIVERY, (f"during-{len(committed)}", b"y" * 4000))
                 committed.append(copying.is_set())
         finally:
             connection.close()
@@ -279,12 +283,7 @@ def test_verify_refuses_a_truncated_snapshot_and_a_missing_one(tmp_path):
     db.migrate(path)
     connection = db.connect(path)
     try:
-        with db.transaction(connection):
-            connection.executemany(
-                "INSERT INTO deliveries (guid, event, payload, received_at)"
-                " VALUES (?, 'push', ?, 0)",
-                [(f"g{n}", b"x" * 2000) for n in range(200)],
-            )
+        insert_deliveries(connection, (f"g{n}" for n in range(200)), b"x" * 2000)
     finally:
         connection.close()
     snapshot = tmp_path / "snapshot.db"
