@@ -78,9 +78,15 @@ def machine_block(text: str) -> str:
         # Some lines were kept: so is the line about the machine they were taken on.
         match = re.search(r"<!-- bench:machine -->\n(.*?)\n\n", text, re.DOTALL)
         if match:
-            kept = match[1].split("\n", 1)[0].split(" For ", 1)[0]
+            kept, *notes = match[1].split("\n", 1)[0].split(" For ")
+            # A note about benchmarks that were not run again stays, as their rows do.
+            old = [
+                f"For {note}"
+                for note in notes
+                if not any(n in machines for n in note.split(": ", 1)[0].split(" and "))
+            ]
             others = [f"For {n}: {d}" for n, d in machines.items() if d != kept]
-            return " ".join([kept, *others]) + "\n\n" + machine_table(rows)
+            return " ".join([kept, *old, *others]) + "\n\n" + machine_table(rows)
     return describe(first) + "\n\n" + machine_table(rows)
 
 
