@@ -58,16 +58,13 @@ def test_every_entry_point_specifies_every_variable_the_role_reads():
     from agented_backend import FilterModule  # noqa: PLC0415 -- the role's own filter plugin
     from agented_backend_lock import FilterModule as LockFilters  # noqa: PLC0415
 
-    # Names that are not variables: the plugins and the role's tag.
+    # Names that are not variables: the plugins, the modules and the role's tag.
     plugins = (
         set(FilterModule().filters())
         | set(LockFilters().filters())
-        | {
-            "agented_backend_controller",
-            "agented_backend_release",
-            "agented_backend_wheelhouse",
-            "agented_backend_validate",
-        }
+        | {path.stem for path in (ROLE / "lookup_plugins").glob("*.py")}
+        | {path.stem for path in (ROLE / "library").glob("*.py")}
+        | {"agented_backend_validate"}
     )
     read = set()
     for folder in ("tasks", "handlers", "templates"):

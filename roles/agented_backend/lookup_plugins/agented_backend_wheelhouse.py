@@ -25,6 +25,9 @@ options:
   cache:
     description: Controller-side cache directory.
     required: true
+  requirements:
+    description: Name of the pinned requirements file inside the wheelhouse.
+    required: true
   index:
     description: Simple index (PEP 691 JSON) uv's own wheel is looked up in.
     default: https://pypi.org/simple
@@ -60,7 +63,6 @@ except ImportError:  # imported by the unit tests without Ansible's plugin loade
     AnsibleLookupError = RuntimeError
     LookupBase = object
 
-REQUIREMENTS = "requirements.txt"
 MANYLINUX_LEGACY = {(2, 17): "manylinux2014", (2, 12): "manylinux2010", (2, 5): "manylinux1"}
 
 
@@ -231,7 +233,7 @@ def fetch(url, digest, cache):
     return path, len(body)
 
 
-def build(target, lock_path, uv_version, cache, index):
+def build(target, lock_path, uv_version, cache, index, *, requirements_name):
     key = platform_key(target)
     with open(lock_path, "rb") as handle:
         lock_bytes = handle.read()
@@ -243,7 +245,7 @@ def build(target, lock_path, uv_version, cache, index):
         "id": wheelhouse_id,
         "platform": key,
         "archive": archive,
-        "requirements": REQUIREMENTS,
+        "requirements": requirements_name,
     }
     if os.path.exists(archive):
         with tarfile.open(archive) as packed:
@@ -275,7 +277,7 @@ def build(target, lock_path, uv_version, cache, index):
             if name != "uv":
                 requirements.append(f"{name}=={version} --hash={wheel['hash']}\n")
         body = "".join(requirements).encode()
-        info = tarfile.TarInfo(REQUIREMENTS)
+        info = tarfile.TarInfo(requirements_name)
         info.size = len(body)
         info.mode = 0o644
         packed.addfile(info, fileobj=io.BytesIO(body))
@@ -303,6 +305,7 @@ class LookupModule(LookupBase):
                         self.get_option("uv_version"),
                         cache,
                         self.get_option("index"),
+                        requirements_name=self.get_option("requirements"),
                     ),
                     platform=key,
                 )
