@@ -274,17 +274,13 @@ def converge(
     *,
     check=True,
     profile=False,
-    pipelining=False,
 ) -> tuple[float, int]:
     """ansible-playbook playbooks/site.yml as users run it; returns (wall seconds, return code).
-    profile: add ansible.posix's profile_tasks callback (the slowest tasks at the end of the log).
-    pipelining: ANSIBLE_PIPELINING=1 (ansible.cfg pipelines only the ssh connection, not
-    docker's)."""
+    profile: add ansible.posix's profile_tasks callback (the slowest tasks at the end of the
+    log)."""
     env = {}
     if profile:
         env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
-    if pipelining:
-        env["ANSIBLE_PIPELINING"] = "1"
     run = harness.ansible_playbook(
         ROOT / "playbooks" / "site.yml",
         inventory=inventory,

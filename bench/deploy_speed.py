@@ -4,11 +4,10 @@
 # ///
 """§5 Deploy speed: playbooks/site.yml on one host, and uv against pip for the same lock.
 
-On a fresh systemd test host: the wall time of the first converge, of three no-op re-runs, and of a
-re-run after a one-line change to the backend (a new release: copy, venv build, switch, restart,
-readiness); then the no-op and change re-runs again with Ansible's pipelining on, as SSH hosts get
-it from ansible.cfg (the bench reaches its host with `docker exec`, which ansible.cfg leaves
-unpipelined). Then, inside the same host, the backend's virtualenv built from uv.lock by
+On a fresh systemd test host, with ansible.cfg as the repository has it (pipelining for every
+connection, here `docker exec`): the wall time of the first converge, of five no-op re-runs, and of
+a re-run after a one-line change to the backend (a new release: copy, venv build, switch, restart,
+readiness). Then, inside the same host, the backend's virtualenv built from uv.lock by
 `uv sync --frozen --no-dev` and by `python3 -m venv` + `pip install -r` (requirements exported from
 the same lock by `uv export --no-dev --frozen`), with empty and with warm caches.
 
@@ -25,7 +24,7 @@ import common
 
 NAME = "deploy_speed"
 HOST = "agented-bench-deploy"
-GOAL_NOOP = 15.0
+GOAL_NOOP = 10.0
 GOAL_RATIO = 3.0
 BUILDS = {  # bench/inhost/venvbuild.py's variants
     "uv-cold": "`uv sync --frozen --no-dev`, empty cache",
@@ -44,24 +43,20 @@ def converges(host: common.Host) -> list[dict]:
         common.backend_copy("# one-line change"),
         common.backend_copy("# another one-line change"),
     ]
-    plan = [("first converge of a fresh host", release, False)]
-    plan += [("no-op re-run", release, False)] * 3
-    plan += [("re-run after a one-line backend change", changes[0], False)]
-    # The same with pipelining, which ansible.cfg turns on for SSH hosts only.
-    plan += [("no-op re-run", changes[0], True)] * 3
-    plan += [("re-run after a one-line backend change", changes[1], True)]
+    plan = [("first converge of a fresh host", release)]
+    plan += [("no-op re-run", release)] * 5
+    plan += [("re-run after a one-line backend change", changes[0])]
     runs = []
-    for i, (label, src, pipelining) in enumerate(plan):
-        common.log(f"{label}{', pipelining' if pipelining else ''}")
+    for i, (label, src) in enumerate(plan):
+        common.log(label)
         path = directory / f"converge-{i}.log"
         seconds, _ = common.converge(
-            inventory, path, {"agented_backend_src": str(src)}, profile=True, pipelining=pipelining
+            inventory, path, {"agented_backend_src": str(src)}, profile=True
         )
         recap = common.play_recap(path).get(host.name, {})
         runs.append(
             {
                 "label": label,
-                "pipelining": pipelining,
                 "seconds": seconds,
                 "changed": recap.get("changed"),
                 "ok": recap.get("ok"),
@@ -126,7 +121,7 @@ def chart(runs: list[dict], builds: dict) -> None:
         "no-op re-run": "no-op",
         "re-run after a one-line backend change": "change",
     }
-    labels = [short[r["label"]] + (" (pipelining)" if r["pipelining"] else "") for r in runs]
+    labels = [short[r["label"]] for r in runs]
     colors = {"first": "tab:blue", "no-op": "tab:green", "change": "tab:orange"}
     left.bar(
         range(len(runs)),
@@ -152,34 +147,31 @@ def chart(runs: list[dict], builds: dict) -> None:
 
 def tables(runs: list[dict], builds: dict) -> str:
     rows = []
-    for pipelining in (False, True):
-        for label in (
-            "first converge of a fresh host",
-            "no-op re-run",
-            "re-run after a one-line backend change",
-        ):
-            chosen = [r for r in runs if r["label"] == label and r["pipelining"] == pipelining]
-            if not chosen:
-                continue
-            s = common.summary([r["seconds"] for r in chosen])
-            goal = ""
-            if label == "no-op re-run":
-                goal = f"< {GOAL_NOOP:g} s: " + common.verdict(s["max"] < GOAL_NOOP)
-            rows.append(
-                [
-                    label,
-                    "yes" if pipelining else "no (as ansible.cfg has it)",
-                    s["n"],
-                    common.fmt(s["median"], " s", 1),
-                    common.fmt(s["max"], " s", 1),
-                    "/".join(str(r["changed"]) for r in chosen),
-                    goal,
-                ]
-            )
+    for label in (
+        "first converge of a fresh host",
+        "no-op re-run",
+        "re-run after a one-line backend change",
+    ):
+        chosen = [r for r in runs if r["label"] == label]
+        if not chosen:
+            continue
+        s = common.summary([r["seconds"] for r in chosen])
+        goal = ""
+        if label == "no-op re-run":
+            goal = f"< {GOAL_NOOP:g} s: " + common.verdict(s["max"] < GOAL_NOOP)
+        rows.append(
+            [
+                label,
+                s["n"],
+                common.fmt(s["median"], " s", 1),
+                common.fmt(s["max"], " s", 1),
+                "/".join(str(r["changed"]) for r in chosen),
+                goal,
+            ]
+        )
     text = common.table(
         [
             "run of playbooks/site.yml",
-            "pipelining",
             "runs",
             "median",
             "max",
@@ -190,7 +182,7 @@ def tables(runs: list[dict], builds: dict) -> str:
     )
     slowest = collections.Counter()
     for r in runs:
-        if r["label"] == "re-run after a one-line backend change" and not r["pipelining"]:
+        if r["label"] == "re-run after a one-line backend change":
             slowest.update(dict(r["tasks"][:4]))
     text += (
         "\nSlowest tasks of the re-run after a change (profile_tasks): "
@@ -227,23 +219,15 @@ def tables(runs: list[dict], builds: dict) -> str:
 def summarize(runs: list[dict], builds: dict) -> list[dict]:
     """The goals of this benchmark and what was measured, for the summary of docs/BENCHMARKS.md."""
     goals = []
-    for pipelining in (False, True):
-        noop = common.summary(
-            [
-                r["seconds"]
-                for r in runs
-                if r["label"] == "no-op re-run" and r["pipelining"] == pipelining
-            ]
+    noop = common.summary([r["seconds"] for r in runs if r["label"] == "no-op re-run"])
+    goals.append(
+        common.goal(
+            "§5",
+            f"no-op re-run of one host < {GOAL_NOOP:g} s",
+            f"median {noop['median']:.1f} s, max {noop['max']:.1f} s",
+            noop["max"] < GOAL_NOOP,
         )
-        goals.append(
-            common.goal(
-                "§5",
-                f"no-op re-run < {GOAL_NOOP:g} s per host, "
-                + ("with pipelining (as SSH hosts get it)" if pipelining else "without pipelining"),
-                f"median {noop['median']:.1f} s, max {noop['max']:.1f} s",
-                noop["max"] < GOAL_NOOP,
-            )
-        )
+    )
     medians = {name: common.summary(values)["median"] for name, values in builds.items()}
     ratio, ratio_bc = (
         medians["pip-cold"] / medians["uv-cold"],
@@ -264,10 +248,7 @@ def summarize(runs: list[dict], builds: dict) -> list[dict]:
         common.goal(
             "§5",
             "first converge; re-run after a one-line change",
-            f"{first['seconds']:.0f} s; "
-            + " / ".join(
-                f"{r['seconds']:.0f} s{' (pipelining)' if r['pipelining'] else ''}" for r in change
-            ),
+            f"{first['seconds']:.0f} s; " + " / ".join(f"{r['seconds']:.0f} s" for r in change),
             None,
         )
     )
