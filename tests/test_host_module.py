@@ -1,17 +1,15 @@
-"""library/agented_backend_host.py run for real (ansible-playbook on this machine, in a temporary
-install tree): the one round trip that tells a deploy what is on the host."""
+"""library/agented_backend_host.py run for real (`ansible` on this machine, in a temporary install
+tree): the one round trip that tells a deploy what is on the host."""
 
 import hashlib
 import json
-import os
 import pwd
 import shutil
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROLE, ROOT
+from conftest import ROLE, run_ansible
 
 
 def read_host(tmp_path: Path, **overrides) -> dict:
@@ -26,34 +24,22 @@ def read_host(tmp_path: Path, **overrides) -> dict:
         "requirements": "requirements.txt",
         **overrides,
     }
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_LIBRARY": str(ROLE / "library"),
-        "ANSIBLE_MODULE_UTILS": str(ROLE / "module_utils"),
-        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "json",
-    }
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ansible")),
-            "localhost",
-            "--connection",
-            "local",
-            "--extra-vars",
-            f"ansible_python_interpreter={sys.executable}",
-            "--module-name",
-            "agented_backend_host",
-            "--args",
-            json.dumps(arguments),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,  # the output goes into the assertion's message
+    result = run_ansible(
+        "ansible",
+        "localhost",
+        "--connection",
+        "local",
+        "--extra-vars",
+        f"ansible_python_interpreter={sys.executable}",
+        "--module-name",
+        "agented_backend_host",
+        "--args",
+        json.dumps(arguments),
+        ANSIBLE_LIBRARY=str(ROLE / "library"),
+        ANSIBLE_MODULE_UTILS=str(ROLE / "module_utils"),
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_STDOUT_CALLBACK="json",
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
 
 

@@ -3,11 +3,10 @@ old releases go, and so do the wheelhouses that no kept release was built from."
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROLE, ROOT
+from conftest import ROLE, run_ansible
 
 KEEP = 3
 
@@ -44,17 +43,9 @@ def run_prune(tmp_path: Path, running: str, previous: str, shipped: str | None) 
             ]
         )
     )
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
-    env["ANSIBLE_ROLES_PATH"] = str(ROLE.parent)
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,", playbook],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,  # the output goes into the assertion's message
+    run_ansible(
+        "ansible-playbook", "-i", "localhost,", str(playbook), ANSIBLE_ROLES_PATH=str(ROLE.parent)
     )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def make_tree(tmp_path: Path, releases: dict[str, str | None], wheelhouses: list[str]) -> None:

@@ -109,12 +109,7 @@ prunable:
 as_wanted:
   description: The paths of C(expect) whose content, owner, group and mode are already as wanted.
   type: list
-account_prunable:
-  description: >-
-    Whether a prune with C(keep) would remove a release or a wheelhouse now, keeping C(current)
-    and C(previous); false when C(keep) is 0.
-  type: bool
-as_wanted:
+account_as_wanted:
   description: Whether the group and the user of C(account) exist, with that group, home and shell.
   type: bool
 units:
@@ -293,14 +288,15 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    release_dir = os.path.join(p["install_dir"], "releases", p["release"])
+    releases_dir = os.path.join(p["install_dir"], "releases")
+    current_link = os.path.join(p["install_dir"], "current")
     platform, platform_error = platform_of(p["python"])
-    units, serving_current = unit_states(p["units"], os.path.join(p["install_dir"], "current"))
-    current = link_target(os.path.join(p["install_dir"], "current"))
+    units, serving_current = unit_states(p["units"], current_link)
+    current = link_target(current_link)
     previous = link_target(os.path.join(p["install_dir"], "previous"))
     prunable = p["keep"] > 0 and any(
         plan(
-            os.path.join(p["install_dir"], "releases"),
+            releases_dir,
             p["keep"],
             [current, previous],
             wheelhouses_dir=p["wheelhouses_dir"],
@@ -314,7 +310,7 @@ def main() -> None:
         previous=previous,
         prunable=prunable,
         release_built=bool(p["release"])
-        and os.path.isfile(os.path.join(release_dir, p["release_marker"])),
+        and os.path.isfile(os.path.join(releases_dir, p["release"], p["release_marker"])),
         platform=platform,
         platform_error=platform_error,
         uv_version=uv_version(p["uv"]),
