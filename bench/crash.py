@@ -6,14 +6,15 @@
 
 Converges a systemd test host with playbooks/site.yml, then, for each variant (socket activation on
 with the role's defaults, KillMode=control-group and RestartSec=3; the same with RestartSec=1; the
-same with KillMode=mixed as a systemd drop-in, the former default; socket activation off): 50
-requests/s from inside the host to its own 127.0.0.1 while the master is SIGKILLed 10 times (each
-kill once the service has been ready for a second), in --runs consecutive runs. Reports failed
-requests and kill-to-ready (SIGKILL to readiness 200 from a worker of the new master), with where
-that time goes according to systemd's journal, and whether every run met the goals.
+same with KillMode=mixed as a systemd drop-in, the former default; socket activation off; as a
+proposal, a second instance on the same socket): 50 requests/s from inside the host to its own
+127.0.0.1 while the master is SIGKILLed 10 times (each kill once the service has been ready for a
+second), in --runs consecutive runs. Reports failed requests and kill-to-ready (SIGKILL to
+readiness 200 from a worker of a live master: the new one, or the standby's), with where that time
+goes according to systemd's journal, and whether every run met the goals.
 
     uv run bench/crash.py [--kills 10] [--runs 1] [--rate 50] [--keep]
-                          [--variants on,on-1s,mixed,off]
+                          [--variants on,on-1s,mixed,off,standby]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ LABELS = {
     "on-1s": "socket activation on, RestartSec=1",
     "mixed": "socket activation on + KillMode=mixed (the former default)",
     "off": "socket activation off",
+    "standby": "proposal: a standby instance on the same socket, RestartSec=3",
 }
 
 
@@ -38,12 +40,28 @@ LABELS = {
 MIXED_DROP_IN = "/etc/systemd/system/agented.service.d/bench-kill-mode-mixed.conf"
 MIXED_UNIT = "[Service]\nKillMode=mixed\n"
 
+# Proposal, on this host only: a second Gunicorn, booted and serving, that systemd hands the same
+# listening socket (Sockets=). When one master dies its workers stop accepting and the other
+# instance's workers take every new connection, so nothing waits for the restart.
+STANDBY = "agented-standby.service"
+STANDBY_UNIT = f"/etc/systemd/system/{STANDBY}"
+MAKE_STANDBY = (
+    "sed -e 's|^RuntimeDirectory=agented$|RuntimeDirectory=agented-standby|'"
+    " -e 's|^\\[Service\\]$|[Service]\\nSockets=agented.socket"
+    "\\nEnvironment=GUNICORN_CONTROL_SOCKET=/run/agented-standby/gunicorn.ctl|'"
+    f" /etc/systemd/system/agented.service > {STANDBY_UNIT}"
+    f" && systemctl daemon-reload && systemctl start {STANDBY}"
+)
+
 
 def measure(host: common.Host, variant: str, args) -> dict:
     directory = common.results_dir(NAME)
     socket_activation = variant != "off"
     inventory = common.write_inventory(directory / "inventory.json", [host.name])
-    host.sh(f"rm -f {MIXED_DROP_IN} && systemctl daemon-reload")
+    host.sh(
+        f"systemctl stop {STANDBY} 2>/dev/null; rm -f {MIXED_DROP_IN} {STANDBY_UNIT}"
+        " && systemctl daemon-reload"
+    )
     if variant == "mixed":
         host.sh(
             f"mkdir -p $(dirname {MIXED_DROP_IN})"
@@ -60,6 +78,8 @@ def measure(host: common.Host, variant: str, args) -> dict:
             "agented_backend_restart_sec": 1 if variant == "on-1s" else 3,
         },
     )
+    if variant == "standby":
+        host.sh(MAKE_STANDBY)
     restart_sec = float(
         host.exec("systemctl", "show", "agented", "--property=RestartUSec", "--value")
         .stdout.strip()
@@ -67,10 +87,15 @@ def measure(host: common.Host, variant: str, args) -> dict:
         or 0
     )
     runs = [one_run(host, variant, args, n) for n in range(args.runs)]
+    if variant == "standby":
+        host.sh(f"systemctl stop {STANDBY} && rm -f {STANDBY_UNIT} && systemctl daemon-reload")
     kills = [kill for run in runs for kill in run["kills"]]
     records = [record for run in runs for record in run["records"]]
+    # With a standby, the first answers after the kill come from it, not from a new master.
     first_answers = [
-        k["breakdown"]["first_answer"] for k in kills if "first_answer" in k["breakdown"]
+        k["breakdown"]["first_answer"]
+        for k in kills
+        if "first_answer" in k["breakdown"] and variant != "standby"
     ]
     for run in runs:
         del run["records"]
@@ -88,7 +113,7 @@ def measure(host: common.Host, variant: str, args) -> dict:
         "kill_to_ready": common.summary([k["seconds"] for k in kills if k["seconds"] is not None]),
         "kill_to_first_answer": common.summary(first_answers),
         "latency": common.summary([r[1] for r in records if isinstance(r[2], int)]),
-        "phases": phases(kills),
+        "phases": phases(kills) if variant != "standby" else None,
     }
 
 
@@ -111,6 +136,7 @@ def one_run(host: common.Host, variant: str, args, n: int) -> dict:
         "1",
         "--out",
         "/root/load.json",
+        *(["--standby", STANDBY] if variant == "standby" else []),
         timeout=400,
     )
     host.get("/root/load.json", directory / name)
@@ -230,17 +256,18 @@ def tables(runs: list[dict]) -> str:
         rows,
     )
     text += "\nWhere kill-to-ready goes (median / p95 of each step, from systemd's journal):\n\n"
-    labels = list(runs[0]["phases"])
+    single = [run for run in runs if run["phases"]]
+    labels = list(single[0]["phases"]) if single else []
     rows = [
         [label]
         + [
             f"{common.fmt(run['phases'][label]['median'], ' s')} / "
             f"{common.fmt(run['phases'][label]['p95'], ' s')}"
-            for run in runs
+            for run in single
         ]
         for label in labels
     ]
-    text += common.table(["step"] + [r["label"] for r in runs], rows)
+    text += common.table(["step"] + [r["label"] for r in single], rows)
     text += "\nEach run (the machine is shared: its load average at the end of the run):\n\n"
     text += runs_table(runs)
     text += "\nResponse time of the requests that were answered:\n\n"
@@ -337,7 +364,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument(
         "--variants",
-        default="on,on-1s,mixed,off",
+        default="on,on-1s,mixed,off,standby",
         help="comma-separated, of: " + ", ".join(f"{k} ({v})" for k, v in LABELS.items()),
     )
     parser.add_argument("--keep", action="store_true", help="leave the test host running")

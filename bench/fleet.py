@@ -7,8 +7,9 @@
 For each fleet size, fresh Debian 12 hosts on a Docker network created with --internal (no
 egress), reached over SSH as a non-root `deploy` user with sudo, exactly as molecule/field's hosts
 (its create.yml and destroy.yml start and remove them); ansible.cfg as the repository has it
-(forks 10, pipelining, ControlPersist). Measured: the wall time of a first deploy (from a fresh,
-empty wheelhouse cache on the controller) and of a no-op re-run, all hosts at once (serial 100%);
+(forks 10, pipelining, ControlPersist). Measured: the wall time and the controller's CPU time of
+a first deploy (from a fresh, empty wheelhouse cache on the controller) and of a no-op re-run, all
+hosts at once (serial 100%), with each task's time (profile_tasks) in the logs;
 the bytes the controller fetched from the package index in each play, as the wheelhouse lookup
 counts them (and the size of the cache directory afterwards); the marginal cost of one more host
 (least squares over the fleet sizes).
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,6 +36,7 @@ IMAGE = "agented-molecule/debian:bookworm-ssh"
 # Named like molecule's hosts: AGENTED_MOLECULE_PREFIX keeps two checkouts' benches apart.
 PREFIX = f"{os.environ.get('AGENTED_MOLECULE_PREFIX') or 'agented'}-bench-fleet"
 GOAL_RATIO = 3.0
+CORES = len(os.sched_getaffinity(0))
 
 
 def platforms(size: int) -> list[dict]:
@@ -76,6 +79,13 @@ def fetched_bytes(log: Path) -> int:
     return int(match[1])
 
 
+def controller_cpu_seconds() -> float:
+    """CPU time of this process's finished children: ansible-playbook and every fork it waited
+    for (SSH's ControlPersist masters outlive the play and are not counted)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -92,10 +102,13 @@ def deploy(size: int, directory: Path) -> dict:
         for label in ("first", "noop"):
             log = directory / f"deploy-{size}-{label}.log"
             common.log(f"{size} host(s): {label} deploy")
-            seconds, _ = common.converge(inventory, log, extra)
+            controller_before = controller_cpu_seconds()
+            seconds, _ = common.converge(inventory, log, extra, profile=True)
+            controller = controller_cpu_seconds() - controller_before
             recap = common.play_recap(log)
             row[label] = {
                 "seconds": seconds,
+                "controller_cpu_seconds": controller,
                 "fetched_bytes": fetched_bytes(log),
                 "cache_bytes": tree_bytes(cache),
                 "changed": {host: counts.get("changed") for host, counts in recap.items()},
@@ -145,8 +158,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     args = parser.parse_args()
     directory = common.results_dir(NAME)
-    rows = [deploy(size, directory) for size in args.sizes]
+    report([deploy(size, directory) for size in args.sizes], directory)
 
+
+def report(rows: list[dict], directory: Path) -> None:
+    """Tables, goals and chart of the measured rows, saved as the benchmark's results."""
     first = [(r["hosts"], r["first"]["seconds"]) for r in rows]
     noop = [(r["hosts"], r["noop"]["seconds"]) for r in rows]
     marginal = {"first": slope(first), "noop": slope(noop)}
@@ -177,6 +193,23 @@ def main() -> None:
     tables += (
         f"\nMarginal cost of one more host (least squares over {len(rows)} sizes): first deploy "
         f"{marginal['first']:.1f} s, no-op re-run {marginal['noop']:.1f} s.\n"
+    )
+    tables += (
+        "\nCPU time of the controller (ansible-playbook and every fork it waited for) in each"
+        f" play; the hosts are containers on the same {CORES} cores:\n\n"
+    )
+    tables += common.table(
+        ["hosts", "first deploy", "per host", "no-op re-run", "per host"],
+        [
+            [
+                r["hosts"],
+                common.fmt(r["first"]["controller_cpu_seconds"], " s", 1),
+                common.fmt(r["first"]["controller_cpu_seconds"] / r["hosts"], " s", 1),
+                common.fmt(r["noop"]["controller_cpu_seconds"], " s", 1),
+                common.fmt(r["noop"]["controller_cpu_seconds"] / r["hosts"], " s", 1),
+            ]
+            for r in rows
+        ],
     )
     largest, one = rows[-1], rows[0]
     bytes_flat = all(r["first"]["fetched_bytes"] == one["first"]["fetched_bytes"] for r in rows)
