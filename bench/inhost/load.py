@@ -67,8 +67,9 @@ def readiness_master():
 
     Asked as a load balancer asks: a new connection each time, whatever systemd says. With
     socket activation a probe sent while no Gunicorn runs waits in the socket's backlog and is
-    answered by the first worker that serves, so the probe itself adds no delay; polling
-    systemctl in this loop would cost the host a core while the new master boots.
+    answered by the first worker that serves, so the probe itself adds no delay. Polling
+    systemctl until the unit is active would queue the probe behind the outage's backlog, and
+    keep PID 1 awake, which hides the slack of its restart timer (docs/BENCHMARKS.md §1).
     """
     status, body = get("/health/readiness", timeout=10)
     if status != 200:
