@@ -57,6 +57,7 @@ MAKE_STANDBY = (
 def measure(host: common.Host, variant: str, args) -> dict:
     directory = common.results_dir(NAME)
     socket_activation = variant != "off"
+    standby = variant == "standby"
     inventory = common.write_inventory(directory / "inventory.json", [host.name])
     host.sh(
         f"systemctl stop {STANDBY} 2>/dev/null; rm -f {MIXED_DROP_IN} {STANDBY_UNIT}"
@@ -78,7 +79,7 @@ def measure(host: common.Host, variant: str, args) -> dict:
             "agented_backend_restart_sec": 1 if variant == "on-1s" else 3,
         },
     )
-    if variant == "standby":
+    if standby:
         host.sh(MAKE_STANDBY)
     restart_sec = float(
         host.exec("systemctl", "show", "agented", "--property=RestartUSec", "--value")
@@ -87,7 +88,7 @@ def measure(host: common.Host, variant: str, args) -> dict:
         or 0
     )
     runs = [one_run(host, variant, args, n) for n in range(args.runs)]
-    if variant == "standby":
+    if standby:
         host.sh(f"systemctl stop {STANDBY} && rm -f {STANDBY_UNIT} && systemctl daemon-reload")
     kills = [kill for run in runs for kill in run["kills"]]
     records = [record for run in runs for record in run["records"]]
@@ -95,7 +96,7 @@ def measure(host: common.Host, variant: str, args) -> dict:
     first_answers = [
         k["breakdown"]["first_answer"]
         for k in kills
-        if "first_answer" in k["breakdown"] and variant != "standby"
+        if "first_answer" in k["breakdown"] and not standby
     ]
     for run in runs:
         del run["records"]
@@ -113,7 +114,7 @@ def measure(host: common.Host, variant: str, args) -> dict:
         "kill_to_ready": common.summary([k["seconds"] for k in kills if k["seconds"] is not None]),
         "kill_to_first_answer": common.summary(first_answers),
         "latency": common.summary([r[1] for r in records if isinstance(r[2], int)]),
-        "phases": phases(kills) if variant != "standby" else None,
+        "phases": None if standby else phases(kills),
     }
 
 

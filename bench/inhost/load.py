@@ -28,7 +28,7 @@ import threading
 import time
 
 # Shipped beside this script (bench/common.py): the in-host checks of the molecule suites.
-from in_host_checks import UNIT, parent
+from in_host_checks import UNIT, parent, unit
 
 HOST, PORT = "127.0.0.1", 20000
 REQUEST_TIMEOUT = 30.0
@@ -80,15 +80,9 @@ def readiness_master():
         return None
 
 
-def main_pid(unit_name=UNIT):
+def main_pid(name=UNIT):
     """The MainPID of a unit while it is active, else None."""
-    out = subprocess.run(
-        ["systemctl", "show", unit_name, "--property=MainPID,ActiveState"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    state = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    state = unit("MainPID", "ActiveState", name=name)
     pid = int(state["MainPID"])
     return pid if pid and state["ActiveState"] == "active" else None
 

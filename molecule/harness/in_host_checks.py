@@ -57,9 +57,9 @@ DEADLINE = 30.0  # report the real figure even when it is far above the 5-second
 POLL = 0.02
 
 
-def unit(*properties):
+def unit(*properties, name=UNIT):
     out = subprocess.run(
-        ["systemctl", "show", UNIT, "--property=" + ",".join(properties)],
+        ["systemctl", "show", name, "--property=" + ",".join(properties)],
         capture_output=True,
         text=True,
         check=True,

@@ -345,7 +345,8 @@ def test_no_request_is_lost_through_three_sigkills_of_the_master(host):
     figure(
         LOST, "3 SIGKILLs of the master, 50/s", name_of(host), f"{r['failed']} of {r['requests']}"
     )
-    assert r["back"], f"not serving again after a kill: {r}\n{r.pop('diagnosis')}"
+    why = r.pop("diagnosis")
+    assert r["back"], f"not serving again after a kill: {r}\n{why}"
     assert r["kills"] == 3 and r["requests"] > 100, r
     assert r["failed"] == 0, f"lost or non-2xx requests through the kills: {r}"
 
