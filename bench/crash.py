@@ -6,12 +6,12 @@
 
 Converges a systemd test host with playbooks/site.yml, then, for each variant (socket activation on
 with the role's defaults, KillMode=control-group and RestartSec=3; the same with RestartSec=1; the
-same with KillMode=mixed as a systemd drop-in, the former default; socket activation off; as a
-proposal, a second instance on the same socket): 50 requests/s from inside the host to its own
-127.0.0.1 while the master is SIGKILLed 10 times (each kill once the service has been ready for a
-second), in --runs consecutive runs. Reports failed requests and kill-to-ready (SIGKILL to
-readiness 200 from a worker of a live master: the new one, or the standby's), with where that time
-goes according to systemd's journal, and whether every run met the goals.
+same with KillMode=mixed as a systemd drop-in, the former default; socket activation off; with
+agented_backend_standby, a second instance on the same socket): 50 requests/s from inside the
+host to its own 127.0.0.1 while the master is SIGKILLed 10 times (each kill once the service has
+been ready for a second), in --runs consecutive runs. Reports failed requests and kill-to-ready
+(SIGKILL to readiness 200 from a worker of a live master: the new one, or the standby's), with
+where that time goes according to systemd's journal, and whether every run met the goals.
 
     uv run bench/crash.py [--kills 10] [--runs 1] [--rate 50] [--keep]
                           [--variants on,on-1s,mixed,off,standby]
@@ -31,7 +31,7 @@ LABELS = {
     "on-1s": "socket activation on, RestartSec=1",
     "mixed": "socket activation on + KillMode=mixed (the former default)",
     "off": "socket activation off",
-    "standby": "proposal: a standby instance on the same socket, RestartSec=3",
+    "standby": "agented_backend_standby: a second instance on the same socket, RestartSec=3",
 }
 
 
@@ -40,18 +40,10 @@ LABELS = {
 MIXED_DROP_IN = "/etc/systemd/system/agented.service.d/bench-kill-mode-mixed.conf"
 MIXED_UNIT = "[Service]\nKillMode=mixed\n"
 
-# Proposal, on this host only: a second Gunicorn, booted and serving, that systemd hands the same
+# agented_backend_standby: a second Gunicorn, booted and serving, that systemd hands the same
 # listening socket (Sockets=). When one master dies its workers stop accepting and the other
 # instance's workers take every new connection, so nothing waits for the restart.
 STANDBY = "agented-standby.service"
-STANDBY_UNIT = f"/etc/systemd/system/{STANDBY}"
-MAKE_STANDBY = (
-    "sed -e 's|^RuntimeDirectory=agented$|RuntimeDirectory=agented-standby|'"
-    " -e 's|^\\[Service\\]$|[Service]\\nSockets=agented.socket"
-    "\\nEnvironment=GUNICORN_CONTROL_SOCKET=/run/agented-standby/gunicorn.ctl|'"
-    f" /etc/systemd/system/agented.service > {STANDBY_UNIT}"
-    f" && systemctl daemon-reload && systemctl start {STANDBY}"
-)
 
 
 def measure(host: common.Host, variant: str, args) -> dict:
@@ -59,10 +51,7 @@ def measure(host: common.Host, variant: str, args) -> dict:
     socket_activation = variant != "off"
     standby = variant == "standby"
     inventory = common.write_inventory(directory / "inventory.json", [host.name])
-    host.sh(
-        f"systemctl stop {STANDBY} 2>/dev/null; rm -f {MIXED_DROP_IN} {STANDBY_UNIT}"
-        " && systemctl daemon-reload"
-    )
+    host.sh(f"rm -f {MIXED_DROP_IN} && systemctl daemon-reload")
     if variant == "mixed":
         host.sh(
             f"mkdir -p $(dirname {MIXED_DROP_IN})"
@@ -77,10 +66,9 @@ def measure(host: common.Host, variant: str, args) -> dict:
             "agented_backend_socket_activation": socket_activation,
             "agented_backend_src": str(args.src),
             "agented_backend_restart_sec": 1 if variant == "on-1s" else 3,
+            "agented_backend_standby": standby,
         },
     )
-    if standby:
-        host.sh(MAKE_STANDBY)
     restart_sec = float(
         host.exec("systemctl", "show", "agented", "--property=RestartUSec", "--value")
         .stdout.strip()
@@ -88,8 +76,6 @@ def measure(host: common.Host, variant: str, args) -> dict:
         or 0
     )
     runs = [one_run(host, variant, args, n) for n in range(args.runs)]
-    if standby:
-        host.sh(f"systemctl stop {STANDBY} && rm -f {STANDBY_UNIT} && systemctl daemon-reload")
     kills = [kill for run in runs for kill in run["kills"]]
     records = [record for run in runs for record in run["records"]]
     # With a standby, the first answers after the kill come from it, not from a new master.

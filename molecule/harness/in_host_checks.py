@@ -8,6 +8,9 @@ sample-readiness, post-webhooks and load prints one JSON line, which the harness
 
     in_host_checks.py time-restart master|group|worker SIGNAL
         kill, then time until a new master (or, for a worker, a new worker) serves
+    in_host_checks.py time-takeover UNIT OTHER_UNIT
+        SIGKILL of UNIT's master, then time until a worker of OTHER_UNIT's master answers
+        readiness 200 (the standby on the same socket), and until UNIT serves again
     in_host_checks.py post-webhook-then-sigkill DELIVERY_ID
         2xx for a signed delivery, SIGKILL of the master at once, time until a new one serves
     in_host_checks.py post-webhook DELIVERY_ID
@@ -184,6 +187,33 @@ def time_restart(target, signame):
     }
 
 
+def time_takeover(name, other):
+    """Two instances on one socket: how soon the other answers for the killed one, and how soon
+    the killed one serves again (its new master's own worker answering, among the other's)."""
+    master, other_master = (int(unit("MainPID", name=n)["MainPID"]) for n in (name, other))
+    if not master or not other_master:
+        return {"error": f"{name} or {other} is not running: {master}, {other_master}"}
+    start = time.monotonic()
+    os.kill(master, signal.SIGKILL)
+    takeover = back = None
+    while time.monotonic() - start < DEADLINE and back is None:
+        ok, pid = readiness()
+        now = time.monotonic() - start
+        if ok and takeover is None and is_child(pid, other_master):
+            takeover = now
+        new = unit("MainPID", "ActiveState", name=name)
+        if ok and int(new["MainPID"]) not in (0, master) and is_child(pid, int(new["MainPID"])):
+            back = now
+        time.sleep(POLL)
+    return {
+        "unit": name,
+        "takeover": takeover,
+        "back": back,
+        "other_master": other_master,
+        "other_master_after": int(unit("MainPID", name=other)["MainPID"]),
+    }
+
+
 def signed_post(delivery):
     body = json.dumps(
         {
@@ -308,6 +338,7 @@ def load(out, rate="20", path="/health/liveness", max_seconds="1200"):
 
 COMMANDS = {
     "time-restart": time_restart,
+    "time-takeover": time_takeover,
     "post-webhook": post_webhook,
     "post-webhook-then-sigkill": post_webhook_then_sigkill,
     "find-deliveries": lambda *deliveries: find_deliveries(deliveries),

@@ -66,6 +66,10 @@ CASES = {
         {"agented_backend_env": env_with(GUNICORN_BIND="localhost:20000")},
         ["GUNICORN_BIND", "use an IP address"],
     ),
+    "standby without socket activation": (
+        {"agented_backend_standby": True, "agented_backend_socket_activation": False},
+        ["agented_backend_standby", "agented_backend_socket_activation"],
+    ),
     "relative database path": (
         {"agented_backend_env": env_with(AGENTED_DB_PATH="data/agented.db")},
         ["AGENTED_DB_PATH", "absolute path"],

@@ -1,0 +1,85 @@
+"""agented_backend_standby switched on and off on running hosts: a second Gunicorn,
+agented-standby.service, serves from the same socket, so when either master is SIGKILLed the
+other's workers answer at once while systemd restarts the killed one.
+
+Each switch and each kill runs under open-loop load inside the host (50 requests/s on its
+loopback); no request may fail. The kills are timed on the host (in_host_checks.py
+time-takeover): from the SIGKILL to readiness 200 answered by a worker of the other master, and
+to the killed unit serving again; the figures are printed."""
+
+from conftest import (
+    CONVERGE,
+    SERVICE,
+    SOCKET,
+    ansible_playbook,
+    figure,
+    in_host_checks,
+    on_all,
+    sh,
+    show,
+    under_load,
+    wait_ready,
+)
+
+STANDBY = "agented-standby.service"
+STANDBY_UNIT_FILE = f"/etc/systemd/system/{STANDBY}"
+RATE = 50
+# What the standby is for: readiness from the other instance well within RestartSec + 0.5 s.
+TAKEOVER_LIMIT = 0.5
+TABLE = "agented_backend_standby: 50 requests/s inside the host"
+
+
+def states(host) -> dict[str, str]:
+    return {
+        unit: show(host, unit, "ActiveState")["ActiveState"] for unit in (SOCKET, SERVICE, STANDBY)
+    }
+
+
+def check_load(load: dict, what: str) -> None:
+    for name, result in load.items():
+        figure(TABLE, what, name, f"{result['failed']} failed of {result['requests']}")
+        assert result["requests"] > 50, result
+        assert result["failed"] == 0, f"{name}: requests failed while {what}: {result}"
+
+
+def test_standby_on_then_either_master_killed_then_off(all_hosts):
+    with under_load(all_hosts, rate=RATE) as load:
+        on = ansible_playbook(CONVERGE, extra_vars={"agented_backend_standby": True})
+    assert on.rc == 0, str(on)
+    check_load(load, "switched on")
+    for name, found in on_all(all_hosts, states).items():
+        assert set(found.values()) == {"active"}, f"{name}: {found}"
+    enabled = on_all(all_hosts, lambda host: show(host, STANDBY, "UnitFileState"))
+    assert all(e == {"UnitFileState": "enabled"} for e in enabled.values()), enabled
+
+    with under_load(all_hosts, rate=RATE) as load:
+        for killed, other in ((SERVICE, STANDBY), (STANDBY, SERVICE)):
+            takeovers = on_all(
+                all_hosts,
+                lambda host, k=killed, o=other: in_host_checks(host, "time-takeover", k, o),
+            )
+            for name, r in takeovers.items():
+                figure(
+                    TABLE,
+                    f"SIGKILL of {killed}'s master: the other answers / it serves again",
+                    name,
+                    f"{r['takeover']:.2f} s / {r['back']:.1f} s"
+                    if r.get("takeover") is not None and r.get("back") is not None
+                    else str(r),
+                )
+                assert r.get("takeover") is not None and r["takeover"] <= TAKEOVER_LIMIT, r
+                assert r["back"] is not None, f"{name}: {killed} did not serve again: {r}"
+                assert r["other_master_after"] == r["other_master"], r
+    check_load(load, "each master SIGKILLed once")
+
+    with under_load(all_hosts, rate=RATE) as load:
+        off = ansible_playbook(CONVERGE)
+    assert off.rc == 0, str(off)
+    check_load(load, "switched off")
+    for name, found in on_all(all_hosts, states).items():
+        assert found == {SOCKET: "active", SERVICE: "active", STANDBY: "inactive"}, (
+            f"{name}: {found}"
+        )
+    left = on_all(all_hosts, lambda host: sh(host, f"ls {STANDBY_UNIT_FILE} 2>/dev/null || true"))
+    assert left == dict.fromkeys(all_hosts, ""), f"the standby's unit is still installed: {left}"
+    assert all(ready["ready"] for ready in on_all(all_hosts, wait_ready).values())
