@@ -5,7 +5,10 @@ other's workers answer at once while systemd restarts the killed one.
 Each switch and each kill runs under open-loop load inside the host (50 requests/s on its
 loopback); no request may fail. The kills are timed on the host (in_host_checks.py
 time-takeover): from the SIGKILL to readiness 200 answered by a worker of the other master, and
-to the killed unit serving again; the figures are printed."""
+to the killed unit serving again; the figures are printed. A `systemctl stop agented`, unlike a
+crash, stops the standby too, and a start starts both."""
+
+import time
 
 from conftest import (
     CONVERGE,
@@ -33,6 +36,25 @@ def states(host) -> dict[str, str]:
     return {
         unit: show(host, unit, "ActiveState")["ActiveState"] for unit in (SOCKET, SERVICE, STANDBY)
     }
+
+
+def settled(host, wanted: str) -> dict[str, str]:
+    """The units' states once the standby is `wanted` (its stop and start follow agented's), or
+    as they are after 10 s."""
+    for _ in range(100):
+        found = states(host)
+        if found[STANDBY] == wanted:
+            break
+        time.sleep(0.1)
+    return found
+
+
+def stopped_standby(host) -> dict[str, str]:
+    return settled(host, "inactive")
+
+
+def started_standby(host) -> dict[str, str]:
+    return settled(host, "active")
 
 
 def check_load(load: dict, what: str) -> None:
@@ -71,6 +93,18 @@ def test_standby_on_then_either_master_killed_then_off(all_hosts):
                 assert r["back"] is not None, f"{name}: {killed} did not serve again: {r}"
                 assert r["other_master_after"] == r["other_master"], r
     check_load(load, "each master SIGKILLed once")
+
+    # Unlike a crash, a stop of agented stops both; a start starts both. (No load: a request would
+    # start agented again through its socket.)
+    on_all(all_hosts, lambda host: sh(host, f"systemctl stop {SERVICE}"))
+    for name, found in on_all(all_hosts, stopped_standby).items():
+        assert found == {SOCKET: "active", SERVICE: "inactive", STANDBY: "inactive"}, (
+            f"{name}: {found}"
+        )
+    on_all(all_hosts, lambda host: sh(host, f"systemctl start {SERVICE}"))
+    assert all(ready["ready"] for ready in on_all(all_hosts, wait_ready).values())
+    for name, found in on_all(all_hosts, started_standby).items():
+        assert set(found.values()) == {"active"}, f"{name}: {found}"
 
     with under_load(all_hosts, rate=RATE) as load:
         off = ansible_playbook(CONVERGE)
