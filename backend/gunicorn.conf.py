@@ -327,7 +327,8 @@ def _stop_accepting_at_once(worker):
     connection not taken here waits in the backlog for a live worker.
     """
     try:
-        from gunicorn.workers import ggevent  # noqa: PLC0415 -- only in gevent workers
+        import gevent  # noqa: PLC0415 -- only in gevent workers
+        from gunicorn.workers import ggevent  # noqa: PLC0415
     except ImportError:
         return
     servers = []
@@ -339,14 +340,21 @@ def _stop_accepting_at_once(worker):
 
     ggevent.StreamServer = _RecordedStreamServer
 
+    def leave_if_idle():
+        if not any(_connections(server) for server in servers):
+            _leave_now(worker, "the master is gone and no connection is open")
+
     def stopping_first(handler):
         def handle(signum, frame):
             for server in servers:
                 server.stop_accepting()
-            if os.getppid() != worker.ppid and not any(_connections(s) for s in servers):
-                # The master died (PR_SET_PDEATHSIG) and nothing is in hand: no drain to wait
-                # for, and systemd restarts the service only once every process has left.
-                _leave_now(worker, "the master is gone and no connection is open")
+            if os.getppid() != worker.ppid:
+                # The master died (PR_SET_PDEATHSIG): with nothing in hand there is no drain to
+                # wait for, and systemd restarts the service only once every process has left.
+                # Asked on the event loop's next turn, not here: the signal may have interrupted
+                # the server between accepting a connection and spawning its greenlet, and leaving
+                # now would reset that connection (1 of 13,422 requests in docs/BENCHMARKS.md §1).
+                gevent.get_hub().loop.run_callback(leave_if_idle)
             handler(signum, frame)
 
         return handle
