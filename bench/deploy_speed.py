@@ -104,6 +104,12 @@ def venv_builds(host: common.Host, rounds: int) -> dict:
         host.put(common.BACKEND / name, f"/root/lock/{name}")
     host.put(directory / "requirements.txt", "/root/lock/requirements.txt")
     env = " ".join(f"{k}={v}" for k, v in common.BUILD_ENVIRONMENT.items())
+    # pip's side needs the venv module, which a host deployed from the wheelhouse goes without.
+    host.sh(
+        "dpkg-query --show --showformat='${db:Status-Status}' python3-venv 2>/dev/null"
+        " | grep -qx installed || (apt-get update -q && apt-get install -y -q python3-venv)",
+        timeout=600,
+    )
     host.put(common.BENCH / "inhost" / "venvbuild.py", "/root/venvbuild.py")
     out = host.sh(
         f"env {env} python3 /root/venvbuild.py /opt/agented/uv/bin/uv /root/lock "
