@@ -142,9 +142,14 @@ def deploy(size: int, directory: Path) -> dict:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def cpu_seconds(play: dict) -> float:
+    """The play's CPU time, the controller's and the hosts'."""
+    return play["controller_cpu_seconds"] + play["hosts_cpu_seconds"]
+
+
 def fastest(play: dict) -> float:
     """The shortest wall time the play's CPU time allows on this machine's cores."""
-    return (play["controller_cpu_seconds"] + play["hosts_cpu_seconds"]) / CORES
+    return cpu_seconds(play) / CORES
 
 
 def slope(points: list[tuple[int, float]]) -> float:
@@ -244,12 +249,7 @@ def report(rows: list[dict], directory: Path) -> None:
                 r["hosts"],
                 common.fmt(r["first"]["controller_cpu_seconds"], " s", 1),
                 common.fmt(r["first"]["hosts_cpu_seconds"], " s", 1),
-                common.fmt(
-                    (r["first"]["controller_cpu_seconds"] + r["first"]["hosts_cpu_seconds"])
-                    / r["hosts"],
-                    " s",
-                    1,
-                ),
+                common.fmt(cpu_seconds(r["first"]) / r["hosts"], " s", 1),
                 common.fmt(fastest(r["first"]), " s", 1),
                 common.fmt(fastest(r["first"]) / rows[0]["first"]["seconds"], common.TIMES, 2),
                 common.fmt(r["noop"]["controller_cpu_seconds"], " s", 1),
