@@ -6,15 +6,23 @@ the service's runtime directory and empties it at every start), and a scrape sum
 all workers, whichever worker answers it. Without that variable (run.py, tests) the values
 are this process's own.
 
+Two Gunicorn instances may serve one socket (the role's standby): each keeps its own directory,
+and AGENTED_METRICS_DIRS, which their systemd units set, names all of them (separated by ":"),
+so that a scrape sums the workers of every instance, whichever instance answers it. A directory
+that is missing (its instance is stopped or restarting) counts nothing.
+
 Only the addresses in METRICS_ALLOWED_IPS may read it; others get 403. Labels are bounded:
 an endpoint is the route's rule (or "unmatched"), never the raw path.
 """
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import os
+import struct
 import time
+from collections.abc import Iterable
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
@@ -33,6 +41,10 @@ from . import errors, settings
 bp = Blueprint("metrics", __name__)
 
 _MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+_INSTANCE_DIRS = "AGENTED_METRICS_DIRS"
+# Reads of a scrape that may meet a file just removed, or just created and still empty, by an
+# instance (re)starting.
+_SCRAPE_TRIES = 5
 _NETWORKS_KEY = "agented_metrics_networks"
 # Workers import the app right after fork: close enough to the process's own start.
 _STARTED_AT = time.time()
@@ -155,7 +167,39 @@ def metrics() -> Response:
         )
     if _MULTIPROCESS:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(_InstancesCollector(metrics_directories()))
     else:
         registry = REGISTRY
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def metrics_directories() -> list[str]:
+    """This instance's metrics directory and those of the instances beside it."""
+    own = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    named = [path for path in os.environ.get(_INSTANCE_DIRS, "").split(":") if path]
+    return list(dict.fromkeys([own, *named]))
+
+
+class _InstancesCollector:
+    """prometheus_client's MultiProcessCollector over the files of several directories."""
+
+    def __init__(self, directories: Iterable[str]):
+        self._directories = tuple(directories)
+
+    def collect(self):
+        for _ in range(_SCRAPE_TRIES - 1):
+            try:
+                return self._merge()
+            except (FileNotFoundError, struct.error):
+                # Between the glob and the read, an instance starting emptied its directory (those
+                # values are gone) or a new worker created its file and has not sized it yet.
+                continue
+        return self._merge()
+
+    def _merge(self):
+        files = [
+            path
+            for directory in self._directories
+            for path in glob.glob(os.path.join(directory, "*.db"))
+        ]
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
+import threading
 
 import pytest
 
 from app import metrics, settings
 from app.factory import create_app
 from app.metrics import parse_networks
-from helpers import deliver
+from helpers import deliver, free_port
 
 SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
 
@@ -35,6 +37,15 @@ def value(scrape: dict[str, float], name: str, **labels: str) -> float:
         if all(f'{label}="{wanted}"' in label_text for label, wanted in labels.items()):
             total += number
     return total
+
+
+def build_info_pids(scrape: dict[str, float]) -> set[int]:
+    """The worker processes whose agented_build_info the scrape holds."""
+    return {
+        int(match.group(1))
+        for key in scrape
+        if key.startswith("agented_build_info{") and (match := re.search(r'pid="(\d+)"', key))
+    }
 
 
 def scrape(server) -> dict[str, float]:
@@ -99,6 +110,73 @@ def test_the_values_of_an_earlier_run_are_gone_after_a_restart(gunicorn, tmp_pat
     server.kill()  # no clean stop: the files stay behind
     again = gunicorn(RUNTIME_DIRECTORY=runtime)
     assert value(scrape(again), "agented_webhook_deliveries_total", outcome="stored") == 0
+
+
+def two_instances(gunicorn, tmp_path):
+    """Two Gunicorns on their own ports with one database, each naming both metrics
+    directories, as the role's agented.service and agented-standby.service do."""
+    ports = free_port(), free_port()
+    runtimes = [tmp_path / f"run-{port}" for port in ports]
+    shared = ":".join(str(runtime / "metrics") for runtime in runtimes)
+    return [
+        gunicorn(port=port, RUNTIME_DIRECTORY=str(runtime), AGENTED_METRICS_DIRS=shared)
+        for port, runtime in zip(ports, runtimes, strict=True)
+    ], runtimes
+
+
+def test_a_scrape_of_either_instance_sums_the_workers_of_both(gunicorn, tmp_path):
+    (first, second), runtimes = two_instances(gunicorn, tmp_path)
+    for number in range(3):
+        assert first.deliver({"n": number}, guid=f"a-{number}")[0] == 202
+    for number in range(2):
+        assert second.deliver({"n": number}, guid=f"b-{number}")[0] == 202
+    stream = second.stream()
+    stream.wait_for(lambda message: "comment" in message)  # open, and counted
+    workers = first.worker_pids(), second.worker_pids()
+    for server in (first, second):
+        scraped = scrape(server)
+        assert value(scraped, "agented_webhook_deliveries_total", outcome="stored") == 5
+        assert value(scraped, "agented_event_streams_open") == 1
+        reporting = build_info_pids(scraped)
+        assert reporting & workers[0] and reporting & workers[1], (reporting, workers)
+
+    # Stopped, an instance's runtime directory goes (systemd removes it): its values with it.
+    stream.close()
+    second.kill()
+    shutil.rmtree(runtimes[1])
+    alone = scrape(first)
+    assert value(alone, "agented_webhook_deliveries_total", outcome="stored") == 3
+    assert build_info_pids(alone) <= workers[0]
+
+
+def test_a_scrape_meanwhile_the_other_instance_empties_its_directory_still_answers(
+    gunicorn, tmp_path
+):
+    (first, second), runtimes = two_instances(gunicorn, tmp_path)
+    assert second.deliver({}, guid="c-1")[0] == 202
+    second.kill()  # its files stay, as they would until its restart empties them
+    files = runtimes[1] / "metrics"
+    kept = tmp_path / "kept"
+    shutil.copytree(files, kept)
+    stop = threading.Event()
+
+    def restart_again_and_again() -> None:
+        # As gunicorn.conf.py's on_starting empties it, then the new workers' files appear.
+        while not stop.is_set():
+            shutil.rmtree(files, ignore_errors=True)
+            files.mkdir()
+            for path in kept.iterdir():
+                shutil.copy(path, files / f"{path.name}.new")
+                (files / f"{path.name}.new").rename(files / path.name)
+
+    churn = threading.Thread(target=restart_again_and_again)
+    churn.start()
+    try:
+        statuses = [first.request("GET", "/metrics")[0] for _ in range(200)]
+    finally:
+        stop.set()
+        churn.join()
+    assert statuses == [200] * 200
 
 
 def test_an_address_outside_metrics_allowed_ips_gets_403(gunicorn):
