@@ -4,17 +4,18 @@
 # ///
 """§1 Requests through a crash: steady load while the Gunicorn master is SIGKILLed.
 
-Converges a systemd test host with playbooks/site.yml, then, for each variant (socket activation on
-with the role's defaults, KillMode=control-group and RestartSec=3; the same with RestartSec=1; the
-same with KillMode=mixed as a systemd drop-in, the former default; socket activation off; with
-agented_backend_standby, a second instance on the same socket): 50 requests/s from inside the
-host to its own 127.0.0.1 while the master is SIGKILLed 10 times (each kill once the service has
-been ready for a second), in --runs consecutive runs. Reports failed requests and kill-to-ready
-(SIGKILL to readiness 200 from a worker of a live master: the new one, or the standby's), with
-where that time goes according to systemd's journal, and whether every run met the goals.
+Converges a systemd test host with playbooks/site.yml, then, for each variant (the role's
+defaults: socket activation on, agented and its standby on the socket, KillMode=control-group and
+RestartSec=3; the same with RestartSec=1; one instance, agented_backend_standby false, with
+RestartSec=3 and 1; one instance with KillMode=mixed as a systemd drop-in, the former default;
+socket activation off, which has no standby): 50 requests/s from inside the host to its own
+127.0.0.1 while agented's master is SIGKILLed 10 times (each kill once the service has been ready
+for a second), in --runs consecutive runs. Reports failed requests and kill-to-ready (SIGKILL to
+readiness 200 from a worker of a live master: the new one, or the standby's), with where that time
+goes according to systemd's journal for one instance, and whether every run met the goals.
 
     uv run bench/crash.py [--kills 10] [--runs 1] [--rate 50] [--keep]
-                          [--variants on,on-1s,mixed,off,standby]
+                          [--variants on,on-1s,one,one-1s,mixed,off]
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ import common
 NAME = "crash"
 HOST = "agented-bench-crash"
 LABELS = {
-    "on": "socket activation on, RestartSec=3 (default)",
-    "on-1s": "socket activation on, RestartSec=1",
-    "mixed": "socket activation on + KillMode=mixed (the former default)",
-    "off": "socket activation off",
-    "standby": "agented_backend_standby: a second instance on the same socket, RestartSec=3",
+    "on": "agented and its standby on the socket, RestartSec=3 (default)",
+    "on-1s": "agented and its standby on the socket, RestartSec=1",
+    "one": "one instance (agented_backend_standby: false), RestartSec=3",
+    "one-1s": "one instance, RestartSec=1",
+    "mixed": "one instance + KillMode=mixed (the former default)",
+    "off": "socket activation off (no standby)",
 }
+# The variants that run agented_backend_standby, and those with RestartSec=1.
+WITH_STANDBY = {"on", "on-1s"}
+RESTART_SEC_1 = {"on-1s", "one-1s"}
 
 
 # KillMode=mixed, the former default: when the master dies, systemd SIGKILLs the orphaned workers
@@ -40,16 +45,16 @@ LABELS = {
 MIXED_DROP_IN = "/etc/systemd/system/agented.service.d/bench-kill-mode-mixed.conf"
 MIXED_UNIT = "[Service]\nKillMode=mixed\n"
 
-# agented_backend_standby: a second Gunicorn, booted and serving, that systemd hands the same
-# listening socket (Sockets=). When one master dies its workers stop accepting and the other
-# instance's workers take every new connection, so nothing waits for the restart.
+# agented_backend_standby (the default): a second Gunicorn, booted and serving, that systemd hands
+# the same listening socket (Sockets=). When one master dies its workers stop accepting and the
+# other instance's workers take every new connection, so nothing waits for the restart.
 STANDBY = "agented-standby.service"
 
 
 def measure(host: common.Host, variant: str, args) -> dict:
     directory = common.results_dir(NAME)
     socket_activation = variant != "off"
-    standby = variant == "standby"
+    standby = variant in WITH_STANDBY
     inventory = common.write_inventory(directory / "inventory.json", [host.name])
     host.sh(f"rm -f {MIXED_DROP_IN} && systemctl daemon-reload")
     if variant == "mixed":
@@ -65,7 +70,7 @@ def measure(host: common.Host, variant: str, args) -> dict:
         {
             "agented_backend_socket_activation": socket_activation,
             "agented_backend_src": str(args.src),
-            "agented_backend_restart_sec": 1 if variant == "on-1s" else 3,
+            "agented_backend_restart_sec": 1 if variant in RESTART_SEC_1 else 3,
             "agented_backend_standby": standby,
         },
     )
@@ -123,7 +128,7 @@ def one_run(host: common.Host, variant: str, args, n: int) -> dict:
         "1",
         "--out",
         "/root/load.json",
-        *(["--standby", STANDBY] if variant == "standby" else []),
+        *(["--standby", STANDBY] if variant in WITH_STANDBY else []),
         timeout=400,
     )
     host.get("/root/load.json", directory / name)
@@ -351,7 +356,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument(
         "--variants",
-        default="on,on-1s,mixed,off,standby",
+        default="on,on-1s,one,one-1s,mixed,off",
         help="comma-separated, of: " + ", ".join(f"{k} ({v})" for k, v in LABELS.items()),
     )
     parser.add_argument("--keep", action="store_true", help="leave the test host running")

@@ -17,6 +17,7 @@ ANSIBLE_PLAYBOOK = (
 REFERENCE_FILES = [
     "agented.service",
     "agented.socket",
+    "agented-standby.service",
     "com.agented.backend.plist",
     "agented.newsyslog.conf",
 ]

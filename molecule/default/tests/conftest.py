@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ GROUP_VARS = yaml.safe_load((SCENARIO_DIR / "group_vars" / "agented.yml").read_t
 # The host layout the role produces with its defaults (README, "Host layout").
 SERVICE = "agented.service"
 SOCKET = "agented.socket"
+# The second instance, on by default (agented_backend_standby).
+STANDBY = "agented-standby.service"
 USER = GROUP = "agented"
 INSTALL_DIR = "/opt/agented/backend"
 RELEASES_DIR = f"{INSTALL_DIR}/releases"
@@ -165,6 +168,24 @@ def show(host, unit: str, *properties: str) -> dict[str, str]:
     """Unit properties as systemd reports them (systemctl show), not as a file says."""
     out = sh(host, f"systemctl show {unit} --property={','.join(properties)}")
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def unit_states(host) -> dict[str, str]:
+    """ActiveState of the socket and both Gunicorn instances."""
+    return {
+        unit: show(host, unit, "ActiveState")["ActiveState"] for unit in (SOCKET, SERVICE, STANDBY)
+    }
+
+
+def standby_settled(host, wanted: str, timeout: float = 10.0) -> dict[str, str]:
+    """The units' states once the standby is `wanted` (its stop and start follow agented's and the
+    socket's), or as they are after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    found = unit_states(host)
+    while found[STANDBY] != wanted and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = unit_states(host)
+    return found
 
 
 _SPAN_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}

@@ -17,6 +17,7 @@ from conftest import (
     RESTART_PROMISE,
     SERVICE,
     SOCKET,
+    STANDBY,
     URL,
     VENV,
     figure,
@@ -26,6 +27,7 @@ from conftest import (
     seconds,
     sh,
     show,
+    standby_settled,
     stored,
     under_load,
     wait_ready,
@@ -184,6 +186,8 @@ def _crash_loop(host):
                 break
             time.sleep(0.5)
         gave_up_after = time.monotonic() - start
+        # The standby stops gracefully once the socket has failed: give it its stop timeout.
+        given_up = standby_settled(host, "inactive", timeout=30)
         log = sh(host, f"journalctl -u {SERVICE} --lines 300 --no-pager -o cat", check=False)
     finally:
         sh(
@@ -197,7 +201,9 @@ def _crash_loop(host):
         "restarts": int(state.get("NRestarts", restarts)) - restarts,
         "seconds": gave_up_after,
         "log": log,
+        "given_up": given_up,
         "ready_again": wait_ready(host, 30)["ready"],
+        "standby_again": standby_settled(host, "active")[STANDBY],
     }
 
 
@@ -222,7 +228,11 @@ def test_crash_loop_gives_up_and_shows_the_cause(host, crash_loops):
     ), f"it failed, but not by the start limit: {r['state']}"
     assert r["restarts"] <= r["burst"], r
     assert "LOG_LEVEL" in r["log"], f"the journal does not say why it fails:\n{r['log'][-2000:]}"
+    # The socket fails with the start limit; the standby goes with it (BindsTo=), or its copy of the
+    # listening socket would keep the port and the socket could not listen again.
+    assert (r["given_up"][SOCKET], r["given_up"][STANDBY]) == ("failed", "inactive"), r["given_up"]
     assert r["ready_again"], "the service did not come back after the crash loop"
+    assert r["standby_again"] == "active", "the standby did not come back with the service"
 
 
 def _reboot(host):

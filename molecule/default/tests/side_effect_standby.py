@@ -1,30 +1,30 @@
-"""agented_backend_standby switched on and off on running hosts: a second Gunicorn,
-agented-standby.service, serves from the same socket, so when either master is SIGKILLed the
-other's workers answer at once while systemd restarts the killed one.
+"""agented_backend_standby, on by default: a second Gunicorn, agented-standby.service, serves from
+the same socket, so when either master is SIGKILLed the other's workers answer at once while
+systemd restarts the killed one. Then it is switched off and on again on the running hosts.
 
-Each switch and each kill runs under open-loop load inside the host (50 requests/s on its
+Each kill and each switch runs under open-loop load inside the host (50 requests/s on its
 loopback); no request may fail. The kills are timed on the host (in_host_checks.py
 time-takeover): from the SIGKILL to readiness 200 answered by a worker of the other master, and
 to the killed unit serving again; the figures are printed. A `systemctl stop agented`, unlike a
 crash, stops the standby too, and a start starts both."""
 
-import time
-
 from conftest import (
     CONVERGE,
     SERVICE,
     SOCKET,
+    STANDBY,
     ansible_playbook,
     figure,
     in_host_checks,
     on_all,
     sh,
     show,
+    standby_settled,
     under_load,
+    unit_states,
     wait_ready,
 )
 
-STANDBY = "agented-standby.service"
 STANDBY_UNIT_FILE = f"/etc/systemd/system/{STANDBY}"
 RATE = 50
 # What the standby is for: readiness from the other instance well within RestartSec + 0.5 s.
@@ -32,29 +32,12 @@ TAKEOVER_LIMIT = 0.5
 TABLE = "agented_backend_standby: 50 requests/s inside the host"
 
 
-def states(host) -> dict[str, str]:
-    return {
-        unit: show(host, unit, "ActiveState")["ActiveState"] for unit in (SOCKET, SERVICE, STANDBY)
-    }
-
-
-def settled(host, wanted: str) -> dict[str, str]:
-    """The units' states once the standby is `wanted` (its stop and start follow agented's), or
-    as they are after 10 s."""
-    for _ in range(100):
-        found = states(host)
-        if found[STANDBY] == wanted:
-            break
-        time.sleep(0.1)
-    return found
-
-
 def stopped_standby(host) -> dict[str, str]:
-    return settled(host, "inactive")
+    return standby_settled(host, "inactive")
 
 
 def started_standby(host) -> dict[str, str]:
-    return settled(host, "active")
+    return standby_settled(host, "active")
 
 
 def check_load(load: dict, what: str) -> None:
@@ -64,15 +47,15 @@ def check_load(load: dict, what: str) -> None:
         assert result["failed"] == 0, f"{name}: requests failed while {what}: {result}"
 
 
-def test_standby_on_then_either_master_killed_then_off(all_hosts):
-    with under_load(all_hosts, rate=RATE) as load:
-        on = ansible_playbook(CONVERGE, extra_vars={"agented_backend_standby": True})
-    assert on.rc == 0, str(on)
-    check_load(load, "switched on")
-    for name, found in on_all(all_hosts, states).items():
+def check_on(all_hosts) -> None:
+    for name, found in on_all(all_hosts, unit_states).items():
         assert set(found.values()) == {"active"}, f"{name}: {found}"
     enabled = on_all(all_hosts, lambda host: show(host, STANDBY, "UnitFileState"))
     assert all(e == {"UnitFileState": "enabled"} for e in enabled.values()), enabled
+
+
+def test_standby_runs_by_default_either_master_killed_then_off_and_on_again(all_hosts):
+    check_on(all_hosts)
 
     with under_load(all_hosts, rate=RATE) as load:
         for killed, other in ((SERVICE, STANDBY), (STANDBY, SERVICE)):
@@ -107,13 +90,20 @@ def test_standby_on_then_either_master_killed_then_off(all_hosts):
         assert set(found.values()) == {"active"}, f"{name}: {found}"
 
     with under_load(all_hosts, rate=RATE) as load:
-        off = ansible_playbook(CONVERGE)
+        off = ansible_playbook(CONVERGE, extra_vars={"agented_backend_standby": False})
     assert off.rc == 0, str(off)
     check_load(load, "switched off")
-    for name, found in on_all(all_hosts, states).items():
+    for name, found in on_all(all_hosts, unit_states).items():
         assert found == {SOCKET: "active", SERVICE: "active", STANDBY: "inactive"}, (
             f"{name}: {found}"
         )
     left = on_all(all_hosts, lambda host: sh(host, f"ls {STANDBY_UNIT_FILE} 2>/dev/null || true"))
     assert left == dict.fromkeys(all_hosts, ""), f"the standby's unit is still installed: {left}"
+    assert all(ready["ready"] for ready in on_all(all_hosts, wait_ready).values())
+
+    with under_load(all_hosts, rate=RATE) as load:
+        on = ansible_playbook(CONVERGE)
+    assert on.rc == 0, str(on)
+    check_load(load, "switched on")
+    check_on(all_hosts)
     assert all(ready["ready"] for ready in on_all(all_hosts, wait_ready).values())

@@ -16,6 +16,7 @@ from conftest import (
     SECRET_KEY_FILE,
     SERVICE,
     SOCKET,
+    STANDBY,
     STATE_DIR,
     USER,
     VENV,
@@ -28,6 +29,8 @@ from conftest import (
 )
 
 MAX_EXPOSURE = 1.5
+# The two Gunicorn instances on the socket.
+INSTANCES = [SERVICE, STANDBY]
 
 
 # --- the service account -----------------------------------------------------------------------
@@ -120,11 +123,12 @@ def test_state_directory_is_private_to_the_service(host):
 # --- the unit as systemd runs it ---------------------------------------------------------------
 
 
-def test_service_is_enabled_and_active(host):
-    service = host.service(SERVICE)
+@pytest.mark.parametrize("unit", INSTANCES)
+def test_service_is_enabled_and_active(host, unit):
+    service = host.service(unit)
     assert service.is_enabled
     assert service.is_running
-    props = show(host, SERVICE, "ActiveState", "SubState", "UnitFileState")
+    props = show(host, unit, "ActiveState", "SubState", "UnitFileState")
     assert props == {"ActiveState": "active", "SubState": "running", "UnitFileState": "enabled"}
 
 
@@ -198,19 +202,20 @@ def test_readiness_answers_200_inside_the_host(host):
     assert wait_ready(host, 10)["ready"]
 
 
-def test_sandbox_exposure_is_low(host):
-    out = sh(host, f"systemd-analyze security --no-pager {SERVICE}")
+@pytest.mark.parametrize("unit", INSTANCES)
+def test_sandbox_exposure_is_low(host, unit):
+    out = sh(host, f"systemd-analyze security --no-pager {unit}")
     score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out).group(1))
     figure(
-        "exposure score (systemd-analyze security agented.service)",
-        "agented.service",
+        "exposure score (systemd-analyze security)",
+        unit,
         name_of(host),
         f"{score:.1f}",
     )
     assert score <= MAX_EXPOSURE, f"exposure {score} > {MAX_EXPOSURE}:\n{out}"
 
 
-@pytest.mark.parametrize("path", ["agented.service", "agented.socket"])
+@pytest.mark.parametrize("path", [*INSTANCES, "agented.socket"])
 def test_installed_units_pass_systemd_analyze_verify(host, path):
     result = host.run(f"systemd-analyze verify /etc/systemd/system/{path}")
     assert result.rc == 0, result.stderr
