@@ -42,9 +42,6 @@ bp = Blueprint("metrics", __name__)
 
 _MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 _INSTANCE_DIRS = "AGENTED_METRICS_DIRS"
-# Reads of a scrape that may meet a file just removed, or just created and still empty, by an
-# instance (re)starting.
-_SCRAPE_TRIES = 5
 _NETWORKS_KEY = "agented_metrics_networks"
 # Workers import the app right after fork: close enough to the process's own start.
 _STARTED_AT = time.time()
@@ -181,25 +178,28 @@ def metrics_directories() -> list[str]:
 
 
 class _InstancesCollector:
-    """prometheus_client's MultiProcessCollector over the files of several directories."""
+    """prometheus_client's MultiProcessCollector over the files of several directories.
+
+    An instance (re)starting empties its directory and its new workers create their files while
+    another instance answers a scrape: a file removed between the glob and its read belongs to
+    values that are gone, and a file created but not yet sized holds none, so both count nothing.
+    Files are read one by one for that; the merge is prometheus_client's own.
+    """
 
     def __init__(self, directories: Iterable[str]):
         self._directories = tuple(directories)
 
     def collect(self):
-        for _ in range(_SCRAPE_TRIES - 1):
-            try:
-                return self._merge()
-            except (FileNotFoundError, struct.error):
-                # Between the glob and the read, an instance starting emptied its directory (those
-                # values are gone) or a new worker created its file and has not sized it yet.
-                continue
-        return self._merge()
-
-    def _merge(self):
-        files = [
-            path
-            for directory in self._directories
-            for path in glob.glob(os.path.join(directory, "*.db"))
-        ]
-        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+        metrics: dict = {}
+        for directory in self._directories:
+            for path in glob.glob(os.path.join(directory, "*.db")):
+                try:
+                    read = multiprocess.MultiProcessCollector._read_metrics([path])
+                except (FileNotFoundError, struct.error):
+                    continue
+                for name, metric in read.items():
+                    if name in metrics:
+                        metrics[name].samples.extend(metric.samples)
+                    else:
+                        metrics[name] = metric
+        return multiprocess.MultiProcessCollector._accumulate_metrics(metrics, accumulate=True)

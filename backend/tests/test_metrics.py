@@ -179,6 +179,16 @@ def test_a_scrape_meanwhile_the_other_instance_empties_its_directory_still_answe
     assert statuses == [200] * 200
 
 
+def test_a_file_not_yet_sized_by_a_new_worker_counts_nothing(gunicorn, tmp_path):
+    (first, second), runtimes = two_instances(gunicorn, tmp_path)
+    assert first.deliver({}, guid="d-1")[0] == 202
+    assert second.deliver({}, guid="d-2")[0] == 202
+    # prometheus_client opens a worker's file and sizes it a moment later.
+    (runtimes[1] / "metrics" / "counter_999999.db").touch()
+    for server in (first, second):
+        assert value(scrape(server), "agented_webhook_deliveries_total", outcome="stored") == 2
+
+
 def test_an_address_outside_metrics_allowed_ips_gets_403(gunicorn):
     server = gunicorn(METRICS_ALLOWED_IPS="10.0.0.0/8, ::1")
     status, body = server.request("GET", "/metrics")
