@@ -232,6 +232,23 @@ def _record_schema(connection: sqlite3.Connection) -> None:
     )
 
 
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Switch the database to WAL. The mode is stored in the file, so this only does work the
+    first time. When two processes switch a new database together (the role's two Gunicorn
+    masters), the one that loses gets "database is locked" at once: SQLite does not call the
+    busy handler for the exclusive lock the switch takes. So it tries again, within the busy
+    timeout, and finds the database switched."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECS
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
+
+
 def migrate(path: str) -> int:
     """Create the database (and its directory) if needed, switch it to WAL and apply the
     missing migrations. Returns the schema version found or reached; a database newer than
@@ -241,8 +258,7 @@ def migrate(path: str) -> int:
         os.makedirs(directory, mode=0o700, exist_ok=True)
     connection = connect(path)
     try:
-        # Persistent: stored in the file, so this only does work the first time.
-        connection.execute("PRAGMA journal_mode = WAL")
+        _use_wal(connection)
         with transaction(connection):
             version = schema_version(connection)
             for migration in MIGRATIONS[version:]:

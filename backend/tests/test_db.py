@@ -108,21 +108,31 @@ def _run_at_once(code: str, count: int, cwd) -> list[str]:
 
 
 def test_migrations_started_together_apply_once(tmp_path):
-    """Like workers booting at the same moment: one applies, the others wait and skip."""
-    path = str(tmp_path / "state" / "agented.db")
-    barrier = threading.Barrier(6)
-    results: list[int] = []
+    """Like two masters starting at the same moment: one applies, the others wait and skip.
+    A lost race is rare (about 1 round in 20 here), so the test runs many rounds."""
+    for round_number in range(60):
+        path = str(tmp_path / str(round_number) / "agented.db")
+        barrier = threading.Barrier(6)
+        results: list[int | Exception] = []
 
-    def start() -> None:
-        barrier.wait()
-        results.append(db.migrate(path))
+        def start(path=path, barrier=barrier, results=results) -> None:
+            barrier.wait()
+            try:
+                results.append(db.migrate(path))
+            except sqlite3.Error as error:
+                results.append(error)
 
-    threads = [threading.Thread(target=start) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert results == [db.SCHEMA_VERSION] * 6
+        threads = [threading.Thread(target=start) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results == [db.SCHEMA_VERSION] * 6, f"round {round_number}"
+        connection = db.connect(path)
+        try:
+            assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            connection.close()
 
 
 def test_secret_key_is_created_once_with_mode_0600_and_reused(tmp_path):
